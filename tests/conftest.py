@@ -13,3 +13,39 @@ torch.set_num_threads(1)
 def _deterministic():
     torch.use_deterministic_algorithms(True, warn_only=True)
     yield
+
+
+# --- small generated data and a small trained teacher, shared by the engine tests -----------
+
+TINY_CLASSES = 5
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A generated CIFAR-format archive read by the real reader, converted to .npz."""
+    from sortkd.cli import main
+
+    root = tmp_path_factory.mktemp("data")
+    out = root / "tiny.npz"
+    assert main(["prepare-data", "--source", "synthetic", "--root", str(root), "--out", str(out),
+                 "--num-classes", str(TINY_CLASSES), "--train-per-class", "24",
+                 "--test-per-class", "8", "--seed", "1"]) == 0
+    return out
+
+
+def tiny_spec(data, **overrides):
+    from sortkd.run_spec import RunSpec
+
+    base = dict(kind="teacher", name="test/teacher", data=str(data), arch="resnet8", epochs=2,
+                batch_size=16, lr=0.05, lr_milestones=[1], threads=1)
+    base.update(overrides)
+    return RunSpec.from_dict(base)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_data, tmp_path_factory):
+    from sortkd.engine.trainer import train_run
+
+    out = tmp_path_factory.mktemp("teacher")
+    train_run(tiny_spec(tiny_data, epochs=3), out)
+    return out

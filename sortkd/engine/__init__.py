@@ -1,0 +1,1 @@
+"""The CIFAR training engine: epoch loop, schedule, checkpoints, metrics, provenance."""

@@ -1,0 +1,166 @@
+"""The training engine: paired randomness, exact resume after SIGKILL, outputs, failures."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sortkd.engine import trainer as trainer_module
+from sortkd.engine.schedule import step_lr
+from sortkd.engine.trainer import NonFiniteLoss, build_model, train_run
+from tests.conftest import tiny_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def student_spec(data, teacher_dir, **overrides):
+    base = dict(kind="student", name="test/student", arch="resnet8", teacher_arch="resnet8",
+                teacher_dir=str(teacher_dir), method="kd", variant="base", pair="resnet8-resnet8")
+    base.update(overrides)
+    return tiny_spec(data, **base)
+
+
+def test_step_lr_recipe():
+    lrs = {e: step_lr(e, 0.05) for e in (1, 150, 151, 180, 181, 210, 211, 240)}
+    assert lrs[1] == lrs[150] == 0.05
+    assert lrs[151] == pytest.approx(0.005) and lrs[180] == pytest.approx(0.005)
+    assert lrs[181] == pytest.approx(0.0005) and lrs[210] == pytest.approx(0.0005)
+    assert lrs[211] == pytest.approx(0.00005) and lrs[240] == pytest.approx(0.00005)
+
+
+def test_variants_share_initial_weights_and_first_epoch_inputs(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    seen = {}
+    original = trainer_module.DeviceCifar.train_batch
+
+    def recording(self, index, views):
+        seen.setdefault(current, []).append((index.clone(), views.clone()))
+        return original(self, index, views)
+
+    monkeypatch.setattr(trainer_module.DeviceCifar, "train_batch", recording)
+    weights = {}
+    for current in ("base", "sort", "swap"):
+        spec = student_spec(tiny_data, tiny_teacher, variant=current, epochs=1)
+        weights[current] = build_model(spec, 5).state_dict()
+        train_run(spec, tmp_path / current)
+    for variant in ("sort", "swap"):
+        assert all(torch.equal(weights["base"][k], weights[variant][k]) for k in weights["base"])
+        assert len(seen[variant]) == len(seen["base"])
+        for (i0, v0), (i1, v1) in zip(seen["base"], seen[variant]):
+            assert torch.equal(i0, i1) and torch.equal(v0, v1)
+    # A different seed draws a different order, views and initial weights.
+    other = student_spec(tiny_data, tiny_teacher, seed=1)
+    assert not torch.equal(build_model(other, 5).state_dict()["conv1.weight"], weights["base"]["conv1.weight"])
+    # Base and sort really differ in what they learn (the teacher is wrong on some samples).
+    m_base = json.loads((tmp_path / "base" / "metrics.jsonl").read_text().splitlines()[0])
+    m_sort = json.loads((tmp_path / "sort" / "metrics.jsonl").read_text().splitlines()[0])
+    assert m_base["teacher_wrong_frac"] == m_sort["teacher_wrong_frac"] > 0
+    assert m_base["loss_kd"] != m_sort["loss_kd"]
+
+
+def _run_cli(spec, out_dir, extra=()):
+    return subprocess.Popen(
+        [sys.executable, "-m", "sortkd", "train", "--spec", json.dumps(spec.to_dict()),
+         "--out-dir", str(out_dir), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_sigkill_resume_is_bit_identical(tiny_data, tiny_teacher, tmp_path):
+    # CTKD: the learnable temperature and its optimizer state must survive the kill too.
+    spec = student_spec(tiny_data, tiny_teacher, method="ctkd", epochs=6, variant="sort")
+    full = tmp_path / "full"
+    proc = _run_cli(spec, full)
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+
+    killed = tmp_path / "killed"
+    proc = _run_cli(spec, killed)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    done_before_kill = len(metrics.read_text().splitlines())
+    assert 2 <= done_before_kill < 6, "the kill must land mid-run"
+    assert not (killed / "summary.json").exists()
+
+    proc = _run_cli(spec, killed)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert f"resuming after epoch {done_before_kill}" in out
+
+    a = torch.load(full / "checkpoint.pt", weights_only=False)
+    b = torch.load(killed / "checkpoint.pt", weights_only=False)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["method_state"]["theta"], b["method_state"]["theta"])
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_s", "images_per_s")} for r in rows]
+    assert strip(a["history"]) == strip(b["history"])
+    assert json.loads((full / "summary.json").read_text())["best_top1"] == \
+        json.loads((killed / "summary.json").read_text())["best_top1"]
+
+
+def test_cli_student_run_writes_metrics_summary_provenance(tiny_data, tiny_teacher, tmp_path):
+    spec = student_spec(tiny_data, tiny_teacher, method="ctkd", epochs=2, variant="sort")
+    proc = _run_cli(spec, tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "epoch 2/2" in out and "ETA" in out
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("lr", "loss_total", "loss_ce", "loss_kd", "train_top1", "test_top1", "test_top5",
+                    "epoch_s", "images_per_s", "ctkd_temperature", "ctkd_lambda", "teacher_wrong_frac"):
+            assert key in r, key
+        assert 0 <= r["test_top1"] <= r["test_top5"] <= 100
+        assert 0 <= r["teacher_wrong_frac"] <= 1
+        assert r["loss_total"] == pytest.approx(r["loss_ce"] + r["loss_kd"], rel=1e-6)  # fp32 terms
+    assert rows[0]["ctkd_lambda"] == pytest.approx(-0.0244717, abs=1e-6)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final_top1"] == rows[-1]["test_top1"]
+    assert summary["best_top1"] == max(r["test_top1"] for r in rows)
+    assert summary["run"]["variant"] == "sort" and summary["teacher_top1"] is not None
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["config"] == spec.to_dict() and prov["config_hash"] == spec.hash
+    for key in ("git_revision", "seed", "versions", "device", "cuda_visible_devices", "start", "end", "wall_s"):
+        assert key in prov
+    assert prov["versions"]["torch"] == torch.__version__
+
+
+def test_non_finite_loss_stops_without_result(tiny_data, tiny_teacher, tmp_path):
+    spec = student_spec(tiny_data, tiny_teacher, name="test/nan-run", hparams={"temperature": 0.0}, epochs=1)
+    with pytest.raises(NonFiniteLoss, match=r"run test/nan-run: non-finite loss at epoch 1, step 1 "):
+        train_run(spec, tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+    proc = _run_cli(spec, tmp_path / "cli")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "non-finite loss at epoch 1, step 1" in out
+
+
+def test_missing_inputs_say_what_to_do(tiny_data, tiny_teacher, tmp_path):
+    spec = tiny_spec(tmp_path / "nope.npz")
+    with pytest.raises(FileNotFoundError, match="prepare-data"):
+        train_run(spec, tmp_path / "a")
+    spec = student_spec(tiny_data, tmp_path / "no-teacher")
+    with pytest.raises(FileNotFoundError, match="train or import the teacher first"):
+        train_run(spec, tmp_path / "b")
+    with pytest.raises(ValueError, match="allowed: base, sort, swap"):
+        student_spec(tiny_data, tiny_teacher, variant="sorted")
+    with pytest.raises(ValueError, match="unknown run setting"):
+        tiny_spec(tiny_data, learning_rate=0.1)
+
+
+def test_teacher_outputs(tiny_teacher):
+    info = json.loads((tiny_teacher / "teacher.json").read_text())
+    assert info["arch"] == "resnet8" and info["source"] == "train"
+    assert 0 <= info["test_top1"] <= 100
+    ckpt = torch.load(tiny_teacher / "model.pt", weights_only=True)
+    assert set(ckpt) >= {"model"}
