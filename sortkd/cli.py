@@ -115,6 +115,12 @@ def cmd_export_logits(args) -> int:
     return 0
 
 
+def cmd_train_imagenet(args) -> int:
+    from .imagenet.command import run
+
+    return run(args)
+
+
 def cmd_report(args) -> int:
     from .report.command import run
 
@@ -176,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     _add_gpu_slot_args(p)
     p.set_defaults(func=cmd_export_logits)
+
+    p = sub.add_parser("train-imagenet", help="ImageNet student or teacher evaluation run (DDP via torchrun)")
+    from .imagenet.command import add_arguments as add_imagenet_arguments
+
+    add_imagenet_arguments(p)
+    _add_gpu_slot_args(p)
+    p.set_defaults(func=cmd_train_imagenet)
 
     p = sub.add_parser("report", help="aggregate run summaries into tables, statistics and plots")
     from .report.command import add_arguments

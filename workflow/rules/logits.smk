@@ -1,0 +1,34 @@
+# Stage 3: the teacher's logits for every training view (162 per image) and the test set,
+# exported once per teacher and read by every student of that teacher.
+
+
+rule logits_export:
+    input:
+        model=f"{OUT}/teachers/{{arch}}/model.pt",
+        info=f"{OUT}/teachers/{{arch}}/teacher.json",
+        data=GRID.data_file,
+    output:
+        train=f"{OUT}/logits/{{arch}}/train_logits.npy",
+        test=f"{OUT}/logits/{{arch}}/test_logits.npy",
+        meta=f"{OUT}/logits/{{arch}}/meta.json",
+    params:
+        teacher_dir=lambda w: GRID.teacher_dir(w.arch),
+        out_dir=lambda w: GRID.logits_dir(w.arch),
+        dtype=config["cache_dtype"],
+        device=config["compute"]["device"],
+        exact="--exact" if config["compute"]["precision"] == "exact" else "",
+        slots=GRID.gpu_slot_args(),
+    log:
+        f"{OUT}/logs/logits_export/{{arch}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/logits_export/{{arch}}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+        gpu=GPUS,
+    conda:
+        "../../envs/sortkd.yaml"
+    shell:
+        "{SORTKD} export-logits --teacher-dir {params.teacher_dir} --arch {wildcards.arch} "
+        "--data {input.data} --out-dir {params.out_dir} --dtype {params.dtype} --device {params.device} "
+        "--threads {threads} {params.exact} {params.slots} > {log} 2>&1"
