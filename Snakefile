@@ -2,39 +2,38 @@
 #   snakemake --cores all --resources gpu=4                      # CIFAR-100 grid on a GPU box
 #   snakemake --cores all --configfile config.demo.yaml          # offline CPU demo
 #   snakemake --profile workflow/profiles/slurm                  # SLURM
-import json
-import re
-
 from snakemake.utils import min_version, validate
 
+import yaml
+
+from sortkd.config_coerce import coerce
 from sortkd.grid import Grid
 
 min_version("8.20")
 
 
-configfile: "config.yaml"
+# config.yaml is the default; a --configfile on the command line replaces it rather than being
+# merged into it (a merge would leak e.g. config.yaml's methods into a smaller custom grid).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+CONFIG_SCHEMA = "workflow/schemas/config.schema.yaml"
+config.update(coerce(config, yaml.safe_load(open(CONFIG_SCHEMA))))
+validate(config, CONFIG_SCHEMA)
 GRID = Grid(config)
 OUT = GRID.out
 GPUS = GRID.gpus_per_job
 THREADS = config["compute"]["threads"]
 MEM_MB = config["compute"]["mem_mb"]
-SORTKD = "python -m sortkd"
-
-
-def never_matches_if_empty(names):
-    """A wildcard regex matching exactly ``names`` (or nothing at all)."""
-    return "|".join(map(re.escape, names)) if names else "(?!x)x"
-
-
 wildcard_constraints:
     method="[a-z_]+",
     variant="base|sort|swap",
     seed="[0-9]+",
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/logits.smk"

@@ -12,8 +12,8 @@ rule logits_export:
         test=f"{OUT}/logits/{{arch}}/test_logits.npy",
         meta=f"{OUT}/logits/{{arch}}/meta.json",
     params:
-        teacher_dir=lambda w: GRID.teacher_dir(w.arch),
-        out_dir=lambda w: GRID.logits_dir(w.arch),
+        teacher_dir=lambda w, input: os.path.dirname(input.info),
+        out_dir=lambda w, output: os.path.dirname(output.meta),
         dtype=config["cache_dtype"],
         device=config["compute"]["device"],
         exact="--exact" if config["compute"]["precision"] == "exact" else "",
@@ -29,6 +29,6 @@ rule logits_export:
     conda:
         "../../envs/sortkd.yaml"
     shell:
-        "{SORTKD} export-logits --teacher-dir {params.teacher_dir} --arch {wildcards.arch} "
+        "python -m sortkd export-logits --teacher-dir {params.teacher_dir} --arch {wildcards.arch} "
         "--data {input.data} --out-dir {params.out_dir} --dtype {params.dtype} --device {params.device} "
         "--threads {threads} {params.exact} {params.slots} > {log} 2>&1"

@@ -20,7 +20,7 @@ rule report:
         curves=[report(f"{REPORT_DIR}/plots/curves_{p}.png", caption="../report/curves.rst",
                        category="Curves") for p in GRID.pairs],
     params:
-        out_dir=REPORT_DIR,
+        out_dir=lambda w, output: os.path.dirname(output.runs),
         experiment=config["experiment"],
         seeds=" ".join(map(str, GRID.seeds)),
         published=f"--published {PUBLISHED}" if PUBLISHED else "",
@@ -34,5 +34,5 @@ rule report:
     conda:
         "../../envs/sortkd.yaml"
     shell:
-        "{SORTKD} report --summaries {input.summaries} --out-dir {params.out_dir} "
+        "python -m sortkd report --summaries {input.summaries} --out-dir {params.out_dir} "
         "--experiment {params.experiment} --seeds {params.seeds} {params.published} > {log} 2>&1"

@@ -1,20 +1,8 @@
 # Stage 4: one job per (pair, method, variant, seed). The job checkpoints every epoch and
-# resumes from its checkpoint when rerun after a kill or a preemption.
-
-
-def student_run(w):
-    return GRID.student_runs_by_path[f"{w.pair}/{w.method}/{w.variant}/seed{w.seed}"]
-
-
-def student_inputs(w):
-    run = student_run(w)
-    teacher = GRID.table[run.pair]["teacher"]
-    inputs = {"data": GRID.data_file, "teacher": f"{GRID.teacher_dir(teacher)}/teacher.json"}
-    if GRID.teacher_logits(run.pair) == "cache":
-        inputs["cache"] = f"{GRID.logits_dir(teacher)}/meta.json"
-    else:
-        inputs["model"] = f"{GRID.teacher_dir(teacher)}/model.pt"
-    return inputs
+# resumes from its checkpoint when rerun after a kill or a preemption. Only files written at
+# the very end are declared outputs: a killed job leaves none of them, so a plain rerun
+# resumes (no --rerun-incomplete needed), and Snakemake never deletes the checkpoint or the
+# live metrics.jsonl (the report reads it next to summary.json).
 
 
 rule student_train:
@@ -22,13 +10,12 @@ rule student_train:
         unpack(student_inputs),
     output:
         summary=f"{OUT}/students/{{pair}}/{{method}}/{{variant}}/seed{{seed}}/summary.json",
-        metrics=f"{OUT}/students/{{pair}}/{{method}}/{{variant}}/seed{{seed}}/metrics.jsonl",
         provenance=f"{OUT}/students/{{pair}}/{{method}}/{{variant}}/seed{{seed}}/provenance.json",
     wildcard_constraints:
         pair=never_matches_if_empty(GRID.pairs),
     params:
         spec=lambda w: json.dumps(GRID.student_spec(student_run(w)).to_dict(), sort_keys=True),
-        out_dir=lambda w: GRID.student_dir(student_run(w)),
+        out_dir=lambda w, output: os.path.dirname(output.summary),
         slots=GRID.gpu_slot_args(),
     log:
         f"{OUT}/logs/student_train/{{pair}}/{{method}}/{{variant}}/seed{{seed}}.log",
@@ -41,4 +28,4 @@ rule student_train:
     conda:
         "../../envs/sortkd.yaml"
     shell:
-        "{SORTKD} train --spec {params.spec:q} --out-dir {params.out_dir} {params.slots} > {log} 2>&1"
+        "python -m sortkd train --spec {params.spec:q} --out-dir {params.out_dir} {params.slots} > {log} 2>&1"

@@ -22,7 +22,7 @@ rule download_teachers:
     conda:
         "../../envs/sortkd.yaml"
     shell:
-        "{SORTKD} download-teachers --out {output} --url {params.url} {params.md5} > {log} 2>&1"
+        "python -m sortkd download-teachers --out {output} --url {params.url} {params.md5} > {log} 2>&1"
 
 
 rule teacher_import:
@@ -35,7 +35,7 @@ rule teacher_import:
     wildcard_constraints:
         arch=never_matches_if_empty(IMPORTED_TEACHERS),
     params:
-        out_dir=lambda w: GRID.teacher_dir(w.arch),
+        out_dir=lambda w, output: os.path.dirname(output.info),
         sha=lambda w: (f"--sha256 {GRID.teachers[w.arch]['sha256']}" if GRID.teachers[w.arch].get("sha256") else ""),
         device=config["compute"]["device"],
     log:
@@ -49,7 +49,7 @@ rule teacher_import:
     conda:
         "../../envs/sortkd.yaml"
     shell:
-        "{SORTKD} import-teacher --arch {wildcards.arch} --archive {input.archive} --data {input.data} "
+        "python -m sortkd import-teacher --arch {wildcards.arch} --archive {input.archive} --data {input.data} "
         "--out-dir {params.out_dir} {params.sha} --device {params.device} > {log} 2>&1"
 
 
@@ -60,13 +60,12 @@ rule teacher_train:
         model=f"{OUT}/teachers/{{arch}}/model.pt",
         info=f"{OUT}/teachers/{{arch}}/teacher.json",
         summary=f"{OUT}/teachers/{{arch}}/summary.json",
-        metrics=f"{OUT}/teachers/{{arch}}/metrics.jsonl",
         provenance=f"{OUT}/teachers/{{arch}}/provenance.json",
     wildcard_constraints:
         arch=never_matches_if_empty(TRAINED_TEACHERS),
     params:
         spec=lambda w: json.dumps(GRID.teacher_spec(w.arch).to_dict(), sort_keys=True),
-        out_dir=lambda w: GRID.teacher_dir(w.arch),
+        out_dir=lambda w, output: os.path.dirname(output.info),
         slots=GRID.gpu_slot_args(),
     log:
         f"{OUT}/logs/teacher_train/{{arch}}.log",
@@ -79,4 +78,4 @@ rule teacher_train:
     conda:
         "../../envs/sortkd.yaml"
     shell:
-        "{SORTKD} train --spec {params.spec:q} --out-dir {params.out_dir} {params.slots} > {log} 2>&1"
+        "python -m sortkd train --spec {params.spec:q} --out-dir {params.out_dir} {params.slots} > {log} 2>&1"

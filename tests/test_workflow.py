@@ -1,0 +1,180 @@
+"""The Snakemake DAG: lint, the full grid's dry run, the demo end to end, change detection, resume.
+
+The demo runs in a temp copy of the workflow with smaller sizes (--config) to keep CI short;
+the README's full demo command is the same DAG at its configured size.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Small but complete: both pairs, all four methods, base and sort, two seeds.
+SMALL = ["data={source: synthetic, root: results/demo/data, download: false, "
+         "synthetic: {num_classes: 5, train_per_class: 16, test_per_class: 8, seed: 0}}",
+         "recipe={epochs: 2, batch_size: 16, lr: 0.05, lr_milestones: [1]}",
+         "teacher_recipe={epochs: 2, lr_milestones: [1]}"]
+
+
+def snakemake(workdir, *args, config=SMALL, timeout=600, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "CUDA_VISIBLE_DEVICES": ""}
+    # Targets and flags first: --configfile takes every word after it.
+    cmd = [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", "config.demo.yaml"]
+    if config:
+        cmd += ["--config", *config]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def copy_workflow(dst: Path) -> Path:
+    for name in ("Snakefile", "config.yaml", "config.demo.yaml"):
+        shutil.copy(REPO / name, dst / name)
+    shutil.copytree(REPO / "workflow", dst / "workflow")
+    shutil.copytree(REPO / "envs", dst / "envs")
+    return dst
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run."""
+    counts = {}
+    for line in output.split("Job stats:")[1].splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def dry_run(workdir, *args, **kw):
+    proc = snakemake(workdir, "-n", *args, **kw)
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("configfile", ["config.yaml", "config.demo.yaml"])
+def test_lint_is_clean(configfile):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", configfile],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_full_grid_dry_run():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--cores", "all",
+                           "--resources", "gpu=4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    counts = job_counts(proc.stdout + proc.stderr)
+    # 11 pairs x 4 methods x {base, sort} x 3 seeds; 6 distinct teachers, imported and exported once.
+    assert counts == {"download_teachers": 1, "prepare_data": 1, "teacher_import": 6, "logits_export": 6,
+                      "student_train": 264, "report": 1, "all": 1, "total": 280}
+
+
+def test_config_errors_are_one_clear_line(tmp_path):
+    copy_workflow(tmp_path)
+    out = snakemake(tmp_path, "-n", config=["methods={kdd: {}}"], check=False)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "config: methods: 'kdd' is not allowed; allowed: ctkd, dkd, dkd_ctkd, dkd_ls, kd, lskd" in text
+    out = snakemake(tmp_path, "-n", config=["compute={device: gpu}"], check=False)
+    assert out.returncode != 0 and "'gpu' is not one of ['cuda', 'cpu']" in out.stdout + out.stderr
+    out = snakemake(tmp_path, "-n", config=["pairs=[resnet14-resnet9]"], check=False)
+    assert out.returncode != 0
+    assert "config: pairs: 'resnet14-resnet9' is not allowed" in out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
+    t0 = time.time()
+    snakemake(workdir, timeout=900)
+    print(f"small demo took {time.time() - t0:.0f} s")
+    return workdir
+
+
+def test_demo_outputs_exist_and_are_sane(demo):
+    out = demo / "results" / "demo"
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 2 * 4 * 2 * 2
+    for column in ("dataset", "teacher", "student", "method", "variant", "seed", "best_top1", "best_epoch",
+                   "final_top1", "teacher_top1", "epochs", "wall_s"):
+        assert column in runs.columns, column
+    assert runs[["best_top1", "final_top1", "teacher_top1"]].apply(lambda c: c.between(0, 100)).all().all()
+    assert (runs["best_top1"] >= runs["final_top1"]).all()
+    assert (runs["epochs"] == 2).all() and (runs["wall_s"] > 0).all()
+    for method in ("kd", "dkd", "ctkd", "lskd"):
+        for variant in ("base", "sort"):
+            assert len(runs[(runs.method == method) & (runs.variant == variant)]) == 4
+    # The cached pair and the online pair both ran.
+    summaries = [json.loads(p.read_text()) for p in out.glob("students/*/*/*/*/summary.json")]
+    assert {s["teacher_logits"] for s in summaries} == {"cache", "online"}
+    assert (out / "logits" / "resnet14" / "meta.json").exists()
+    assert not (out / "logits" / "resnet20").exists()
+    table = (out / "table.md").read_text()
+    assert "KD + sort" in table and "Δ sort − base" in table
+    for png in ["forest.png", "wrong_share_vs_delta.png", "curves_resnet14-resnet8.png",
+                "curves_resnet20-resnet8.png"]:
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("table.csv", "table.tex", "deltas.csv"):
+        assert (out / name).stat().st_size > 0
+    # Every rule left a log and a benchmark.
+    assert (out / "logs" / "report.log").exists() and (out / "benchmarks" / "report.tsv").exists()
+    assert len(list((out / "logs" / "student_train").rglob("*.log"))) == 32
+
+
+def test_second_dry_run_has_nothing_to_do(demo):
+    out = dry_run(demo)
+    assert "Nothing to be done" in out, out[-3000:]
+
+
+def test_changing_one_hyperparameter_reruns_only_that_method(demo):
+    out = dry_run(demo, config=SMALL + ["methods={kd: {temperature: 3}, dkd: {warmup: 3}, "
+                                         "ctkd: {lambda_epochs: 3}, lskd: {}}"])
+    counts = job_counts(out)
+    assert counts == {"student_train": 8, "report": 1, "all": 1, "total": 10}, out[-3000:]
+    rerun_methods = set(re.findall(r"output: results/demo/students/[^/]+/(\w+)/", out))
+    assert rerun_methods == {"kd"}, out[-3000:]
+
+
+def test_report_builds_html(demo):
+    proc = snakemake(demo, "--report", "report.html")
+    html = (demo / "report.html").read_bytes()
+    assert len(html) > 10_000 and b"forest.png" in html, proc.stderr[-2000:]
+
+
+def test_killed_student_resumes_when_workflow_reruns(demo):
+    target = "results/demo/students/resnet14-resnet8/kd/sort/seed0/summary.json"
+    longer = SMALL[:1] + ["recipe={epochs: 8, batch_size: 16, lr: 0.05, lr_milestones: [6]}", SMALL[2]]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "config.demo.yaml",
+           "--config", *longer, "--", target]
+    metrics = demo / target.replace("summary.json", "metrics.jsonl")
+    shutil.rmtree(metrics.parent)  # only the new run's epochs may count below
+    proc = subprocess.Popen(cmd, cwd=demo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and the training job, as a crash would
+    proc.wait(timeout=60)
+    done = len(metrics.read_text().splitlines())
+    assert 2 <= done < 8
+    snakemake(demo, "--unlock", config=longer)  # what a user does after Snakemake itself was killed
+    snakemake(demo, target, config=longer)
+    log = (demo / "results/demo/logs/student_train/resnet14-resnet8/kd/sort/seed0.log").read_text()
+    assert f"resuming after epoch {done}" in log
+    summary = json.loads((demo / target).read_text())
+    assert summary["epochs"] == 8
