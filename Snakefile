@@ -8,6 +8,7 @@ import yaml
 
 from sortkd.config_coerce import coerce
 from sortkd.grid import Grid
+from sortkd.imagenet.grid import ImageNetGrid
 
 min_version("8.20")
 
@@ -24,6 +25,7 @@ config.update(coerce(config, yaml.safe_load(open(CONFIG_SCHEMA))))
 validate(config, CONFIG_SCHEMA)
 GRID = Grid(config)
 OUT = GRID.out
+IMAGENET = ImageNetGrid(config, OUT)
 GPUS = GRID.gpus_per_job
 THREADS = config["compute"]["threads"]
 MEM_MB = config["compute"]["mem_mb"]
@@ -39,9 +41,11 @@ include: "workflow/rules/teachers.smk"
 include: "workflow/rules/logits.smk"
 include: "workflow/rules/students.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/imagenet.smk"
 
 
 rule all:
     input:
         rules.report.output,
+        rules.imagenet_report.output if IMAGENET.enabled else [],
     default_target: True

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 _SCALARS = {"integer": int, "number": float, "boolean": None, "null": None}
 
 
@@ -29,6 +31,13 @@ def type_name(value: Any) -> str:
 
 
 def _coerce_scalar(value: str, types: set[str]) -> Any:
+    if not types:
+        # A free-form value (no schema): read it as YAML would, keeping only scalars.
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if isinstance(parsed, (int, float, bool, type(None))) else value
     if "string" in types and not types & {"integer", "number", "boolean", "null"}:
         return value
     lowered = value.strip().lower()

@@ -46,7 +46,7 @@ def build_model(spec: RunSpec, num_classes: int) -> torch.nn.Module:
         return build(spec.arch, num_classes)
 
 
-def _autocast_factory(device: torch.device, precision: str):
+def autocast_factory(device: torch.device, precision: str):
     if precision == "bf16":
         if device.type != "cuda":
             raise ValueError("precision 'bf16' is the CUDA fast path; use precision 'exact' on the CPU")
@@ -77,7 +77,7 @@ def train_run(spec: RunSpec, out_dir: Path, stop_after_epoch: int | None = None,
         torch.set_num_threads(spec.threads)
     device = resolve_device(spec.device)
     fast = spec.precision == "bf16"
-    autocast = _autocast_factory(device, spec.precision)
+    autocast = autocast_factory(device, spec.precision)
     memory_format = torch.channels_last if fast else torch.contiguous_format
     progress = EpochProgress(spec.name, spec.epochs)
 

@@ -23,7 +23,7 @@ from ..engine.checkpoint import load_checkpoint, save_checkpoint
 from ..engine.metrics import EpochMeter
 from ..engine.progress import EpochProgress
 from ..engine.schedule import step_lr
-from ..engine.trainer import CHECKPOINT, METRICS, PROVENANCE, SUMMARY, NonFiniteLoss, _autocast_factory
+from ..engine.trainer import CHECKPOINT, METRICS, PROVENANCE, SUMMARY, NonFiniteLoss, autocast_factory
 from ..io_json import write_json, write_jsonl
 from ..losses import compute_loss, get_method, resolve_hparams
 from ..seeding import derive_seed
@@ -68,7 +68,7 @@ def train_imagenet(spec: ImageNetRunSpec, out_dir: Path, ranks: Ranks,
     torch.set_num_threads(compute_threads(spec, ranks))
     device = ranks.device
     fast = spec.precision == "bf16"
-    autocast = _autocast_factory(device, spec.precision)
+    autocast = autocast_factory(device, spec.precision)
     memory_format = torch.channels_last if fast else torch.contiguous_format
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = fast

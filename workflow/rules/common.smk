@@ -4,6 +4,10 @@ import os
 import re
 
 
+def imagenet_run(w):
+    return IMAGENET.runs_by_path[f"{w.pair}/{w.method}/{w.variant}/seed{w.seed}"]
+
+
 def never_matches_if_empty(names):
     """A wildcard regex matching exactly ``names`` (or nothing at all)."""
     return "|".join(map(re.escape, names)) if names else "(?!x)x"
