@@ -5,13 +5,9 @@ The Snakemake rules build it from config.yaml and pass it as JSON to
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from .io_json import config_hash
+from .spec_io import SpecIO
 from .transform import VARIANTS
 
 KINDS = ("teacher", "student")
@@ -21,7 +17,7 @@ PRECISIONS = ("exact", "bf16")
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class RunSpec(SpecIO):
     kind: str
     name: str                      # e.g. "demo/resnet14-resnet8/kd/sort/seed0": used in messages
     data: str                      # the converted data set (.npz)
@@ -77,28 +73,3 @@ class RunSpec:
                 raise ValueError(f"run {self.name}: teacher_logits='cache' needs cache_dir")
         elif self.method != "vanilla" or self.variant != "base":
             raise ValueError(f"run {self.name}: a teacher trains with method 'vanilla', variant 'base'")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ValueError(f"unknown run setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text_or_path: str) -> "RunSpec":
-        """Accepts a JSON string, or ``@path`` to a JSON file."""
-        if text_or_path.startswith("@"):
-            text_or_path = Path(text_or_path[1:]).read_text()
-        return cls.from_dict(json.loads(text_or_path))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
-        return d
-
-    @property
-    def hash(self) -> str:
-        # Everything keys the checkpoint, the thread count included: it can change float sums.
-        return config_hash(self.to_dict())

@@ -25,7 +25,7 @@ from ..run_spec import RunSpec
 from ..seeding import derive_seed, epoch_order, epoch_views, seeded_global_rng
 from ..teacher_store import save_teacher_model, write_teacher_info
 from . import provenance
-from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from .checkpoint import load_matching_checkpoint, remove_checkpoint, restore_training_state, save_checkpoint
 from .device import resolve_device
 from .device_data import DeviceCifar
 from .metrics import EpochMeter, evaluate
@@ -96,17 +96,10 @@ def train_run(spec: RunSpec, out_dir: Path, stop_after_epoch: int | None = None,
 
     history: list[dict] = []
     ckpt_path = out_dir / CHECKPOINT
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None and ckpt.get("spec_hash") != spec.hash:
-        progress.note("checkpoint belongs to a different configuration: starting over")
-        ckpt = None
+    ckpt = load_matching_checkpoint(ckpt_path, spec.hash, progress.note)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if method_state is not None:
-            method_state.load_state_dict(ckpt["method_state"])
+        restore_training_state(ckpt, model, optimizer, method_state)
         history = ckpt["history"]
-        progress.note(f"resuming after epoch {ckpt['epoch']} from {ckpt_path}")
     start_epoch = len(history) + 1
 
     for epoch in range(start_epoch, spec.epochs + 1):

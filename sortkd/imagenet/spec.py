@@ -25,13 +25,9 @@
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from ..io_json import config_hash
+from ..spec_io import SpecIO
 from ..transform import VARIANTS
 from .models import STUDENT_ARCHS, TEACHER_ARCHS, teacher_weights
 
@@ -41,7 +37,9 @@ DECODERS = ("cpu", "gpu")
 
 
 @dataclass(frozen=True)
-class ImageNetRunSpec:
+class ImageNetRunSpec(SpecIO):
+    _kind = "ImageNet run"
+
     name: str
     data: str
     teacher_arch: str
@@ -107,30 +105,3 @@ class ImageNetRunSpec:
         if self.device != "cuda" and (self.precision == "bf16" or self.decode == "gpu"):
             fail("precision 'bf16' and decode 'gpu' are CUDA paths; use precision 'exact' and decode 'cpu' "
                  "on the CPU")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImageNetRunSpec":
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ValueError(f"unknown ImageNet run setting(s) {', '.join(unknown)}; "
-                             f"allowed: {', '.join(sorted(allowed))}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text_or_path: str) -> "ImageNetRunSpec":
-        """Accepts a JSON string, or ``@path`` to a JSON file."""
-        if text_or_path.startswith("@"):
-            text_or_path = Path(text_or_path[1:]).read_text()
-        return cls.from_dict(json.loads(text_or_path))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
-        return d
-
-    @property
-    def hash(self) -> str:
-        # Keys the checkpoint. The process count is not part of it: with global batch norm and
-        # the rank-sliced sampler, N processes compute the same run as one.
-        return config_hash(self.to_dict())

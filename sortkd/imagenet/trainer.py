@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..engine import provenance
-from ..engine.checkpoint import load_checkpoint, save_checkpoint
+from ..engine.checkpoint import load_matching_checkpoint, restore_training_state, save_checkpoint
 from ..engine.metrics import EpochMeter
 from ..engine.progress import EpochProgress
 from ..engine.schedule import step_lr
@@ -99,19 +99,10 @@ def train_imagenet(spec: ImageNetRunSpec, out_dir: Path, ranks: Ranks,
     history: list[dict] = []
     teacher_accuracy = None
     ckpt_path = out_dir / CHECKPOINT
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None and ckpt.get("spec_hash") != spec.hash:
-        if progress:
-            progress.note("checkpoint belongs to a different configuration: starting over")
-        ckpt = None
+    ckpt = load_matching_checkpoint(ckpt_path, spec.hash, progress.note if progress else (lambda text: None))
     if ckpt is not None:
-        student.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if method_state is not None:
-            method_state.load_state_dict(ckpt["method_state"])
+        restore_training_state(ckpt, student, optimizer, method_state)
         history, teacher_accuracy = ckpt["history"], ckpt["teacher_accuracy"]
-        if progress:
-            progress.note(f"resuming after epoch {ckpt['epoch']} from {ckpt_path}")
     if teacher_accuracy is None:
         teacher_accuracy = evaluate(teacher, data.val_batches(), ranks, autocast, memory_format)
         if progress:
