@@ -21,8 +21,10 @@ def save_teacher_model(teacher_dir: Path, model: torch.nn.Module, epoch: int) ->
     teacher_dir = Path(teacher_dir)
     teacher_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(teacher_dir / MODEL_FILE) as tmp:
-        torch.save({"model": state, "epoch": epoch}, tmp)
+    # Through a file handle torch stores a fixed archive name, not the random temp file's:
+    # identical weights give an identical file and checksum.
+    with atomic_path(teacher_dir / MODEL_FILE) as tmp, open(tmp, "wb") as handle:
+        torch.save({"model": state, "epoch": epoch}, handle)
     return file_sha256(teacher_dir / MODEL_FILE)
 
 

@@ -164,3 +164,11 @@ def test_teacher_outputs(tiny_teacher):
     assert 0 <= info["test_top1"] <= 100
     ckpt = torch.load(tiny_teacher / "model.pt", weights_only=True)
     assert set(ckpt) >= {"model"}
+
+
+def test_retrained_teacher_has_the_same_checksum(tiny_data, tiny_teacher, tmp_path):
+    # Same spec, same seed: same weights, and so the same file bytes and sha256.
+    train_run(tiny_spec(tiny_data, epochs=3), tmp_path / "again")
+    a = json.loads((tiny_teacher / "teacher.json").read_text())
+    b = json.loads((tmp_path / "again" / "teacher.json").read_text())
+    assert a["checkpoint_sha256"] == b["checkpoint_sha256"]

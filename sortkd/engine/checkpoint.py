@@ -11,8 +11,8 @@ from ..io_atomic import atomic_path
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     # torch.save into a temp file in the same folder, then rename: a kill leaves the old or the new file.
-    with atomic_path(Path(path)) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: Path) -> dict | None:
