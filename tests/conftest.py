@@ -8,6 +8,10 @@ import torch
 
 torch.set_num_threads(1)
 
+# The real single-node Slurm of tests/slurm, shared by tests/test_slurm_*.py: one cluster
+# per session (a fixture defined here, not in each module, is set up only once).
+from slurm.cluster_fixture import slurm_cluster  # noqa: E402,F401
+
 
 @pytest.fixture(autouse=True)
 def _deterministic():

@@ -1,9 +1,11 @@
 """The SLURM path against a real single-node Slurm (tests/slurm/cluster_up.sh).
 
-The module brings the cluster up once (as root; it installs the Debian packages if missing)
-and tears it down in a finalizer, even when a test fails. Where Slurm cannot be had (not
-root, packages not installable) the cluster tests are skipped with a reason that starts with
-"SLURM UNAVAILABLE:". Set SORTKD_SLURM_KEEP_UP=1 to leave the cluster running afterwards.
+The cluster comes from the session fixture `slurm_cluster` (tests/slurm/cluster_fixture.py,
+made available by tests/conftest.py): it is brought up once (as root; it installs the Debian
+packages if missing) for this module and tests/test_slurm_workflow.py, and torn down at the
+end of the session, even when a test fails. Where Slurm cannot be had (not root, packages not
+installable) the cluster tests are skipped with a reason that starts with "SLURM UNAVAILABLE:".
+Set SORTKD_SLURM_KEEP_UP=1 to leave the cluster running afterwards.
 The profile checks at the end need no cluster.
 
 Every Snakemake run is wrapped in `timeout -s KILL`: a misconfigured status command makes
@@ -15,7 +17,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,50 +26,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SLURM_DIR = REPO / "tests" / "slurm"
-UP = SLURM_DIR / "cluster_up.sh"
-DOWN = SLURM_DIR / "cluster_down.sh"
+from slurm.cluster_fixture import (KILLED, REAL_PROFILE, REPO, SLURM_DIR, TEST_PROFILE,
+                                   check_profile_was_honoured, clean_env, submitted_ids)
+
 SMOKE = SLURM_DIR / "smoke" / "Snakefile"
-REAL_PROFILE = REPO / "workflow" / "profiles" / "slurm"
-TEST_PROFILE = SLURM_DIR / "profile"
 RUN_LIMIT_S = 300  # hard limit of one Snakemake run (SIGKILL)
-KILLED = (-9, 124, 137)  # how `timeout -s KILL` ends a run that hung
-
-
-def _clean_env() -> dict[str, str]:
-    """The caller's environment without Slurm job variables or a GPU mask."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    if shutil.which("bash") is None or shutil.which("timeout") is None:
-        pytest.skip("SLURM UNAVAILABLE: needs bash and timeout")
-    # find_spec, not import: importing the plugin runs `scontrol show config`, which waits
-    # ~10 s when a slurm.conf names a controller that is not running.
-    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
-        pytest.fail("snakemake-executor-plugin-slurm is not installed: pip install -e '.[slurm]'")
-    t0 = time.monotonic()
-    try:
-        up = subprocess.run([str(UP)], capture_output=True, text=True, timeout=600)
-        if up.returncode == 77:
-            reason = [ln for ln in up.stderr.splitlines() if "SLURM UNAVAILABLE" in ln]
-            msg = reason[-1].split("SLURM UNAVAILABLE:", 1)[1].strip() if reason else up.stderr.strip()
-            pytest.skip(f"SLURM UNAVAILABLE: {msg}")
-        if up.returncode != 0:
-            pytest.fail(f"cluster_up.sh failed with exit code {up.returncode}:\n{up.stdout}{up.stderr}")
-        print(f"\ncluster up in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-        yield
-    finally:
-        if os.environ.get("SORTKD_SLURM_KEEP_UP") != "1":
-            t1 = time.monotonic()
-            down = subprocess.run([str(DOWN)], capture_output=True, text=True, timeout=120)
-            print(f"cluster down in {time.monotonic() - t1:.1f} s (exit {down.returncode})", file=sys.stderr)
-            if down.returncode != 0:
-                pytest.fail(f"cluster_down.sh failed with exit code {down.returncode}:\n{down.stderr}")
 
 
 def _snakemake_cmd(workdir: Path, *extra: str) -> list[str]:
@@ -86,24 +48,11 @@ def _snakemake_cmd(workdir: Path, *extra: str) -> list[str]:
 def run_smoke(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
     """Run the smoke workflow to the end; output in .stdout, duration in .seconds."""
     t0 = time.monotonic()
-    proc = subprocess.run(_snakemake_cmd(workdir, *extra), cwd=workdir, env=_clean_env(),
+    proc = subprocess.run(_snakemake_cmd(workdir, *extra), cwd=workdir, env=clean_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc.seconds = time.monotonic() - t0
     assert proc.returncode not in KILLED, f"Snakemake hung and was killed after {RUN_LIMIT_S} s:\n{proc.stdout}"
     return proc
-
-
-def submitted_ids(log: str) -> list[str]:
-    return re.findall(r"submitted with SLURM jobid (\d+)", log)
-
-
-def check_profile_was_honoured(log: str) -> None:
-    # squeue must really be used: if the plugin falls back to sacct here, the run hangs.
-    # (It warns at start-up when MinJobAge < 3 x the status interval, and falls back at the
-    # first status check.)
-    assert "This may cause 'squeue' to miss" not in log, log
-    assert "Falling back to 'sacct'" not in log, log
-    assert "Using profile" in log and str(TEST_PROFILE) in log, log
 
 
 def kill_run(proc: subprocess.Popen) -> None:
@@ -135,7 +84,7 @@ def scancel(job_id: str) -> None:
 
 
 def start_smoke(workdir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(_snakemake_cmd(workdir, *extra), cwd=workdir, env=_clean_env(),
+    return subprocess.Popen(_snakemake_cmd(workdir, *extra), cwd=workdir, env=clean_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -266,6 +215,6 @@ def test_profiles_are_accepted_by_snakemake(profiles, tmp_path):
     proc = subprocess.run(
         ["timeout", "-s", "KILL", "120", sys.executable, "-m", "snakemake", "--dry-run",
          "--snakefile", str(SMOKE), "--directory", str(tmp_path), *profiles],
-        cwd=tmp_path, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     assert proc.returncode == 0, proc.stdout
