@@ -6,7 +6,8 @@ packages if missing) for this module and tests/test_slurm_workflow.py, and torn 
 end of the session, even when a test fails. Where Slurm cannot be had (not root, packages not
 installable) the cluster tests are skipped with a reason that starts with "SLURM UNAVAILABLE:".
 Set SORTKD_SLURM_KEEP_UP=1 to leave the cluster running afterwards.
-The profile checks at the end need no cluster.
+The profile checks at the end need no cluster. (A scancel mid-training and its resume are
+tested on the project's own workflow in tests/test_slurm_workflow.py.)
 
 Every Snakemake run is wrapped in `timeout -s KILL`: a misconfigured status command makes
 the SLURM executor wait forever.
@@ -120,30 +121,6 @@ def test_smoke_workflow_runs_every_job_on_slurm_with_distinct_gpus(slurm_cluster
     first, last = min(a["start"], b["start"]), final["end"]
     print(f"\nsmoke workflow: {proc.seconds:.1f} s in Snakemake, {last - first:.1f} s from first "
           f"job start to last job end, job ids {recorded}", file=sys.stderr)
-
-
-@pytest.mark.slurm
-@pytest.mark.slow
-def test_scancel_is_a_failure_and_a_rerun_completes(slurm_cluster, tmp_path):
-    target = "out/gpu_a.json"
-    proc = start_smoke(tmp_path, target, "--retries", "0", "--config", "sleep=120")
-    marker = tmp_path / "markers" / "a.started"
-    job_id = wait_for_marker(marker, 1, proc)[0].split()[0]
-    scancel(job_id)
-    try:
-        out, _ = proc.communicate(timeout=RUN_LIMIT_S + 30)
-    finally:
-        kill_run(proc)
-    assert proc.returncode not in KILLED, f"Snakemake hung after scancel:\n{out}"
-    assert proc.returncode != 0, out
-    assert re.search(rf"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'", out), out
-    assert not (tmp_path / target).exists()
-
-    rerun = run_smoke(tmp_path, target, "--retries", "0", "--config", "sleep=1")
-    assert rerun.returncode == 0, rerun.stdout
-    check_profile_was_honoured(rerun.stdout)
-    done = json.loads((tmp_path / target).read_text())
-    assert done["slurm_job_id"] not in ("", job_id)
 
 
 @pytest.mark.slurm
