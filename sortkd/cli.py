@@ -31,6 +31,26 @@ def _hold_gpu_slot(args, device: str) -> None:
           + (" (kept from the scheduler)" if lease.preset else f" (slot {lease.slots})"), flush=True)
 
 
+def _spec_keys_help() -> str:
+    import dataclasses
+
+    from .run_spec import RunSpec
+
+    lines = ["run spec keys (a JSON object; see sortkd/run_spec.py):"]
+    for f in dataclasses.fields(RunSpec):
+        if f.default is not dataclasses.MISSING:
+            default = f" (default {f.default!r})"
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f" (default {f.default_factory()!r})"
+        else:
+            default = " (required)"
+        lines.append(f"  {f.name}{default}")
+    lines.append("example: python -m sortkd train --out-dir runs/t --spec "
+                 "'{\"kind\": \"teacher\", \"name\": \"t\", \"data\": \"data/cifar100/arrays.npz\", "
+                 "\"arch\": \"resnet20\"}'")
+    return "\n".join(lines)
+
+
 # --- commands ----------------------------------------------------------------------
 
 def cmd_prepare_data(args) -> int:
@@ -145,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="synthetic: generator seed")
     p.set_defaults(func=cmd_prepare_data)
 
-    p = sub.add_parser("train", help="train a vanilla teacher or a distilled student (resumes if killed)")
+    p = sub.add_parser("train", help="train a vanilla teacher or a distilled student (resumes if killed)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_spec_keys_help())
     p.add_argument("--spec", required=True, help="the run spec as JSON, or @file.json")
     p.add_argument("--out-dir", required=True, help="run folder: checkpoint, metrics, summary, provenance")
     p.add_argument("--stop-after-epoch", type=int, default=None,
