@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .spec_io import SpecIO
-from .transform import VARIANTS
+from .variants import VARIANTS
 
 KINDS = ("teacher", "student")
 TEACHER_LOGITS = ("online", "cache")

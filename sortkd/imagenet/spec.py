@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..spec_io import SpecIO
-from ..transform import VARIANTS
+from ..variants import VARIANTS
 from .models import STUDENT_ARCHS, TEACHER_ARCHS, teacher_weights
 
 DEVICES = ("cpu", "cuda")

@@ -14,10 +14,9 @@ from typing import Iterable
 
 import pandas as pd
 
+from ..variants import VARIANTS
 from .errors import ReportInputError
 
-# Same values as sortkd.transform.VARIANTS, restated so that the report does not import torch.
-VARIANTS = ("base", "sort", "swap")
 RUN_KEY = ["experiment", "dataset", "pair", "method", "variant", "seed"]
 RUN_COLUMNS = [
     "experiment", "dataset", "pair", "teacher", "student", "method", "variant", "seed",
