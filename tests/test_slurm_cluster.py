@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +26,7 @@ import pytest
 import yaml
 
 from slurm.cluster_fixture import (KILLED, REAL_PROFILE, REPO, SLURM_DIR, TEST_PROFILE,
-                                   check_profile_was_honoured, clean_env, submitted_ids)
+                                   check_profile_was_honoured, clean_env, kill_run, submitted_ids)
 
 SMOKE = SLURM_DIR / "smoke" / "Snakefile"
 RUN_LIMIT_S = 300  # hard limit of one Snakemake run (SIGKILL)
@@ -54,16 +52,6 @@ def run_smoke(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
     proc.seconds = time.monotonic() - t0
     assert proc.returncode not in KILLED, f"Snakemake hung and was killed after {RUN_LIMIT_S} s:\n{proc.stdout}"
     return proc
-
-
-def kill_run(proc: subprocess.Popen) -> None:
-    """Kill a Snakemake run we started and everything under it (`timeout` leads its group)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
 
 
 def wait_for_marker(path: Path, lines: int, proc: subprocess.Popen, limit_s: float = 120) -> list[str]:

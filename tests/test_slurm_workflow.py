@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,8 @@ import pytest
 import torch
 import yaml
 
-from slurm.cluster_fixture import KILLED, REPO, TEST_PROFILE, check_profile_was_honoured, clean_env, submitted_ids
+from slurm.cluster_fixture import (KILLED, REPO, TEST_PROFILE, check_profile_was_honoured, clean_env, kill_run,
+                                   submitted_ids)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -105,16 +105,6 @@ def start(workdir: Path, name: str, *, slurm: bool, targets=(), config=SMALL, ex
     proc.log_path = workdir / f"{name}.log"
     proc.t0 = time.monotonic()
     return proc
-
-
-def kill_run(proc: subprocess.Popen) -> None:
-    """Kill a Snakemake run we started and everything under it (`timeout` leads its group)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
 
 
 def finish(proc: subprocess.Popen, name: str) -> tuple[int, str]:

@@ -22,7 +22,7 @@ from ..logit_cache import dataset_sha256
 from ..losses import compute_loss, get_method, resolve_hparams
 from ..models import build
 from ..run_spec import RunSpec
-from ..seeding import derive_seed, epoch_order, epoch_views, seeded_global_rng
+from ..seeding import epoch_order, epoch_views, seeded_global_rng
 from ..teacher_store import save_teacher_model, write_teacher_info
 from . import provenance
 from .checkpoint import load_matching_checkpoint, remove_checkpoint, restore_training_state, save_checkpoint
@@ -30,7 +30,7 @@ from .device import resolve_device
 from .device_data import DeviceCifar
 from .metrics import EpochMeter, evaluate
 from .progress import EpochProgress
-from .schedule import step_lr
+from .schedule import begin_epoch
 from .teacher_source import CachedTeacher, OnlineTeacher
 
 CHECKPOINT, METRICS, SUMMARY, PROVENANCE = "checkpoint.pt", "metrics.jsonl", "summary.json", "provenance.json"
@@ -104,12 +104,7 @@ def train_run(spec: RunSpec, out_dir: Path, stop_after_epoch: int | None = None,
 
     for epoch in range(start_epoch, spec.epochs + 1):
         epoch_t0 = time.time()
-        lr = step_lr(epoch, spec.lr, spec.lr_milestones, spec.lr_gamma)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        schedule = method.schedule(epoch, hparams)
-        # Any stray use of the global RNG is reproducible and resume-safe too.
-        torch.manual_seed(derive_seed(spec.seed, "global", epoch))
+        lr, schedule = begin_epoch(optimizer, spec, epoch, method, hparams)
         order = epoch_order(spec.seed, epoch, data.num_train).to(device)
         views = epoch_views(spec.seed, epoch, data.num_train, data.num_views).to(device)
         model.train()

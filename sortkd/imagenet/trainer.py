@@ -22,11 +22,10 @@ from ..engine import provenance
 from ..engine.checkpoint import load_matching_checkpoint, restore_training_state, save_checkpoint
 from ..engine.metrics import EpochMeter
 from ..engine.progress import EpochProgress
-from ..engine.schedule import step_lr
+from ..engine.schedule import begin_epoch
 from ..engine.trainer import CHECKPOINT, METRICS, PROVENANCE, SUMMARY, NonFiniteLoss, autocast_factory
 from ..io_json import write_json, write_jsonl
 from ..losses import compute_loss, get_method, resolve_hparams
-from ..seeding import derive_seed
 from .distributed import Ranks, all_reduce_sum, barrier
 from .epoch_sums import DataOrderChecksum, reduce_meter
 from .evaluate import evaluate
@@ -111,11 +110,7 @@ def train_imagenet(spec: ImageNetRunSpec, out_dir: Path, ranks: Ranks,
 
     for epoch in range(len(history) + 1, spec.epochs + 1):
         epoch_t0 = time.time()
-        lr = step_lr(epoch, spec.lr, spec.lr_milestones, spec.lr_gamma)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        schedule = method.schedule(epoch, hparams)
-        torch.manual_seed(derive_seed(spec.seed, "global", epoch))
+        lr, schedule = begin_epoch(optimizer, spec, epoch, method, hparams)
         trained.train()
         meter, checksum = EpochMeter(device), DataOrderChecksum(device)
         for step, (images, target, indices) in enumerate(data.train_batches(epoch)):

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +37,16 @@ def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
+
+
+def kill_run(proc: subprocess.Popen) -> None:
+    """Kill a Snakemake run we started and everything under it (`timeout` leads its group)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def submitted_ids(log: str) -> list[str]:
