@@ -95,9 +95,6 @@ class Grid:
     def teacher_logits(self, pair: str) -> str:
         return self.table[pair].get("teacher_logits", self.config["teacher_logits"])
 
-    def cached_teachers(self) -> list[str]:
-        return sorted({self.table[p]["teacher"] for p in self.pairs if self.teacher_logits(p) == "cache"})
-
     def student_runs(self) -> list[StudentRun]:
         return [StudentRun(p, m, v, s) for p in self.pairs for m in self.methods
                 for v in self.config["variants"] for s in self.seeds]

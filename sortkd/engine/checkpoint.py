@@ -1,7 +1,6 @@
 """Atomic per-epoch checkpoints for exact resume."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -38,10 +37,3 @@ def restore_training_state(ckpt: dict, model, optimizer, method_state) -> None:
     optimizer.load_state_dict(ckpt["optimizer"])
     if method_state is not None:
         method_state.load_state_dict(ckpt["method_state"])
-
-
-def remove_checkpoint(path: Path) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

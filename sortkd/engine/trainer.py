@@ -25,7 +25,7 @@ from ..run_spec import RunSpec
 from ..seeding import epoch_order, epoch_views, seeded_global_rng
 from ..teacher_store import save_teacher_model, write_teacher_info
 from . import provenance
-from .checkpoint import load_matching_checkpoint, remove_checkpoint, restore_training_state, save_checkpoint
+from .checkpoint import load_matching_checkpoint, restore_training_state, save_checkpoint
 from .device import resolve_device
 from .device_data import DeviceCifar
 from .metrics import EpochMeter, evaluate
@@ -179,7 +179,3 @@ def _summarize(spec: RunSpec, history: list[dict], teacher) -> dict:
         summary["teacher_logits"] = spec.teacher_logits
         summary["teacher_wrong_frac"] = sum(r["teacher_wrong_frac"] for r in history) / len(history)
     return summary
-
-
-def discard_checkpoint(out_dir: Path) -> None:
-    remove_checkpoint(Path(out_dir) / CHECKPOINT)
