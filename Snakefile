@@ -6,9 +6,9 @@ from snakemake.utils import min_version, validate
 
 import yaml
 
-from sortkd.config_coerce import coerce
-from sortkd.grid import Grid
-from sortkd.imagenet.grid import ImageNetGrid
+from sortkd.experiment.config import coerce
+from sortkd.experiment.grid import Grid
+from sortkd.experiment.grid import ImageNetGrid
 
 min_version("8.20")
 

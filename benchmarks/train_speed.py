@@ -234,11 +234,11 @@ def _calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch: in
 
 
 def prepare_teacher(workdir: Path, arch: str, data: Path, data_sha256: str) -> tuple[Path, str, int]:
-    from sortkd.data.augment import normalize_images
+    from sortkd.data.views import normalize_images
     from sortkd.data.cifar import load_arrays
     from sortkd.models import build
     from sortkd.seeding import seeded_global_rng
-    from sortkd.teacher_store import save_teacher_model, write_teacher_info
+    from sortkd.teachers import save_teacher_model, write_teacher_info
 
     arrays = load_arrays(data)
     with seeded_global_rng(SEED, "init"):
@@ -257,9 +257,9 @@ def prepare_teacher(workdir: Path, arch: str, data: Path, data_sha256: str) -> t
 def export_cache(prep: Prepared, teacher_arch: str, device: torch.device, workdir: Path) -> None:
     """Export the logit cache the way `python -m sortkd export-logits` does; sets export_s."""
     from sortkd.data.cifar import load_arrays
-    from sortkd.engine.device_data import DeviceCifar
+    from sortkd.data.views import DeviceCifar
     from sortkd.logit_cache import export_logits
-    from sortkd.teacher_store import load_teacher
+    from sortkd.teachers import load_teacher
 
     cuda = device.type == "cuda"
     teacher, _ = load_teacher(Path(prep.teacher_dir), teacher_arch, device)
@@ -312,13 +312,13 @@ def time_reference(prep: Prepared, args, sizes: Sizes, device: torch.device) -> 
     import torch.nn.functional as F
     from torchvision import transforms
 
-    from sortkd.data.augment import CIFAR100_MEAN, CIFAR100_STD
+    from sortkd.data.views import CIFAR100_MEAN, CIFAR100_STD
     from sortkd.data.cifar import load_arrays
     from sortkd.losses import kd_loss, resolve_hparams
     from sortkd.models import build
     from sortkd.seeding import seeded_global_rng
-    from sortkd.teacher_store import load_teacher
-    from sortkd.transform import sort_logits
+    from sortkd.teachers import load_teacher
+    from sortkd.sorting import sort_logits
 
     arrays = load_arrays(Path(prep.data))
     transform = transforms.Compose([
@@ -368,7 +368,7 @@ def time_reference(prep: Prepared, args, sizes: Sizes, device: torch.device) -> 
 # --- the project's paths through train_run --------------------------------------------------
 
 def student_spec(prep: Prepared, args, sizes: Sizes, path: str, out_name: str, threads: int | None):
-    from sortkd.run_spec import RunSpec
+    from sortkd.experiment.specs import RunSpec
 
     fast = path == "fast"
     return RunSpec(
@@ -383,7 +383,7 @@ def student_spec(prep: Prepared, args, sizes: Sizes, path: str, out_name: str, t
 
 def time_train_run(prep: Prepared, args, sizes: Sizes, path: str, workdir: Path, out_name: str | None = None,
                    threads: int | None = None, barrier=None) -> dict:
-    from sortkd.engine.trainer import train_run
+    from sortkd.training.cifar import train_run
 
     out_name = out_name or path
     spec = student_spec(prep, args, sizes, path, out_name, threads)
@@ -421,7 +421,7 @@ def grid_step_hours(ms_per_step: float) -> float:
 def export_projection(prep: Prepared) -> dict | None:
     if prep.export_s is None:
         return None
-    from sortkd.data.augment import NUM_VIEWS
+    from sortkd.data.views import NUM_VIEWS
 
     views = prep.num_train * NUM_VIEWS
     per_teacher_s = prep.export_s * CIFAR100_TRAIN / prep.num_train

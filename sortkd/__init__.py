@@ -10,7 +10,7 @@ __all__ = ["sort_logits", "swap_logits", "apply_variant", "__version__"]
 
 def __getattr__(name):
     if name in ("sort_logits", "swap_logits", "apply_variant"):
-        from . import transform
+        from sortkd import transform
 
         return getattr(transform, name)
     raise AttributeError(f"module 'sortkd' has no attribute {name!r}")

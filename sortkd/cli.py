@@ -19,7 +19,7 @@ def _hold_gpu_slot(args, device: str) -> None:
     """Take a GPU slot before CUDA starts (a scheduler's CUDA_VISIBLE_DEVICES is kept)."""
     if device != "cuda":
         return
-    from .gpu_slots import hold_gpu_slots
+    from sortkd.gpu_slots import hold_gpu_slots
 
     kwargs = {"devices": args.gpu_devices.split(","), "jobs_per_device": args.jobs_per_device}
     if args.gpu_lock_dir:
@@ -34,7 +34,7 @@ def _hold_gpu_slot(args, device: str) -> None:
 def _spec_keys_help() -> str:
     import dataclasses
 
-    from .run_spec import RunSpec
+    from sortkd.experiment.specs import RunSpec
 
     lines = ["run spec keys (a JSON object; see sortkd/run_spec.py):"]
     for f in dataclasses.fields(RunSpec):
@@ -54,9 +54,9 @@ def _spec_keys_help() -> str:
 # --- commands ----------------------------------------------------------------------
 
 def cmd_prepare_data(args) -> int:
-    from .data.cifar import download_cifar100, extract_cifar_archive, read_cifar_python, save_arrays
-    from .data.synthetic import write_cifar_archive
-    from .io_json import write_json
+    from sortkd.data.cifar import download_cifar100, extract_cifar_archive, read_cifar_python, save_arrays
+    from sortkd.data.synthetic import write_cifar_archive
+    from sortkd.files import write_json
 
     root = Path(args.root)
     if args.source == "synthetic":
@@ -81,25 +81,25 @@ def cmd_prepare_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .run_spec import RunSpec
+    from sortkd.experiment.specs import RunSpec
 
     spec = RunSpec.from_json(args.spec)
     _hold_gpu_slot(args, spec.device)
-    from .engine.trainer import train_run
+    from sortkd.training.cifar import train_run
 
     train_run(spec, Path(args.out_dir), stop_after_epoch=args.stop_after_epoch)
     return 0
 
 
 def cmd_download_teachers(args) -> int:
-    from .teacher_import import download_teacher_archive
+    from sortkd.teachers import download_teacher_archive
 
     download_teacher_archive(Path(args.out), url=args.url, md5=args.md5)
     return 0
 
 
 def cmd_import_teacher(args) -> int:
-    from .teacher_import import import_teacher
+    from sortkd.teachers import import_teacher
 
     info = import_teacher(arch=args.arch, out_dir=Path(args.out_dir), data=Path(args.data),
                           archive=Path(args.archive) if args.archive else None,
@@ -114,11 +114,11 @@ def cmd_export_logits(args) -> int:
     _hold_gpu_slot(args, args.device)
     import torch
 
-    from .data.cifar import load_arrays
-    from .engine.device import resolve_device
-    from .engine.device_data import DeviceCifar
-    from .logit_cache import dataset_sha256, export_logits
-    from .teacher_store import load_teacher
+    from sortkd.data.cifar import load_arrays
+    from sortkd.training.loop import resolve_device
+    from sortkd.data.views import DeviceCifar
+    from sortkd.logit_cache import dataset_sha256, export_logits
+    from sortkd.teachers import load_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,13 +136,13 @@ def cmd_export_logits(args) -> int:
 
 
 def cmd_train_imagenet(args) -> int:
-    from .imagenet.command import run
+    from sortkd.training.launch import run
 
     return run(args)
 
 
 def cmd_report(args) -> int:
-    from .report.command import run
+    from sortkd.report.command import run
 
     return run(args)
 
@@ -205,14 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export_logits)
 
     p = sub.add_parser("train-imagenet", help="ImageNet student or teacher evaluation run (DDP via torchrun)")
-    from .imagenet.command import add_arguments as add_imagenet_arguments
+    from sortkd.training.launch import add_arguments as add_imagenet_arguments
 
     add_imagenet_arguments(p)
     _add_gpu_slot_args(p)
     p.set_defaults(func=cmd_train_imagenet)
 
     p = sub.add_parser("report", help="aggregate run summaries into tables, statistics and plots")
-    from .report.command import add_arguments
+    from sortkd.report.command import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_report)

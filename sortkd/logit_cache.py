@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.augment import NUM_VIEWS, render_views
-from .engine.progress import format_eta
-from .io_atomic import file_sha256
-from .io_json import read_json, write_json
+from sortkd.data.views import NUM_VIEWS, render_views
+from sortkd.training.loop import format_eta
+from sortkd.files import file_sha256
+from sortkd.files import read_json, write_json
 
 TRAIN_FILE, TEST_FILE, META_FILE = "train_logits.npy", "test_logits.npy", "meta.json"
 VIEW_ENCODING = "view = (dy * 9 + dx) * 2 + flip; zero pad 4, crop 32x32 at (dy, dx), then flip"

@@ -38,7 +38,7 @@ def tiny_data(tmp_path_factory):
 
 
 def tiny_spec(data, **overrides):
-    from sortkd.run_spec import RunSpec
+    from sortkd.experiment.specs import RunSpec
 
     base = dict(kind="teacher", name="test/teacher", data=str(data), arch="resnet8", epochs=2,
                 batch_size=16, lr=0.05, lr_milestones=[1], threads=1)
@@ -48,7 +48,7 @@ def tiny_spec(data, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tiny_data, tmp_path_factory):
-    from sortkd.engine.trainer import train_run
+    from sortkd.training.cifar import train_run
 
     out = tmp_path_factory.mktemp("teacher")
     train_run(tiny_spec(tiny_data, epochs=3), out)

@@ -5,7 +5,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from sortkd.data.augment import (
+from sortkd.data.views import (
     CIFAR100_MEAN,
     CIFAR100_STD,
     NUM_VIEWS,

@@ -23,7 +23,7 @@ from sortkd.data.cifar import (
     verify_files,
 )
 from sortkd.data.synthetic import write_cifar_archive
-from sortkd.io_atomic import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
+from sortkd.files import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
 
 NUM_CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 7, 4, 2  # 7: the last class group is partial
 

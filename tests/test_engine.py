@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sortkd.engine import trainer as trainer_module
-from sortkd.engine.schedule import step_lr
-from sortkd.engine.trainer import NonFiniteLoss, build_model, train_run
+from sortkd.training import cifar as trainer_module
+from sortkd.training.loop import step_lr
+from sortkd.training.cifar import NonFiniteLoss, build_model, train_run
 from tests.conftest import tiny_spec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,18 +12,18 @@ import torch
 from torchvision.models import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
 
 from sortkd.cli import main
-from sortkd.imagenet import models
-from sortkd.imagenet.distributed import init_ranks
-from sortkd.imagenet.folder import ImageNetLayoutError, scan_imagenet
-from sortkd.imagenet.gpu_decode import (EncodedTrainImages, EncodedValImages, collate_encoded,
+from sortkd.models import imagenet as models
+from sortkd.training.distributed import init_ranks
+from sortkd.data.imagenet import ImageNetLayoutError, scan_imagenet
+from sortkd.data.imagenet_input import (EncodedTrainImages, EncodedValImages, collate_encoded,
                                         gpu_decode_available, train_batch_on_device, val_batch_on_device)
-from sortkd.imagenet.images import TrainImages, ValImages
-from sortkd.imagenet.input_pipeline import ImageNetInput
-from sortkd.imagenet.launcher import torchrun_command
-from sortkd.imagenet.sampler import RankBatchSampler, ValShardSampler
-from sortkd.imagenet.spec import ImageNetRunSpec
-from sortkd.imagenet.table import load_table, method_hparams, run_spec_dict
-from sortkd.imagenet.views import RATIO, SCALE, train_view
+from sortkd.data.imagenet_input import TrainImages, ValImages
+from sortkd.data.imagenet_input import ImageNetInput
+from sortkd.training.launch import torchrun_command
+from sortkd.data.imagenet import RankBatchSampler, ValShardSampler
+from sortkd.experiment.specs import ImageNetRunSpec
+from sortkd.experiment.grid import load_table, method_hparams, run_spec_dict
+from sortkd.data.imagenet import RATIO, SCALE, train_view
 from sortkd.losses import get_method
 from tests.fake_imagenet import make_fake_imagenet, wnid
 
@@ -181,7 +181,7 @@ def test_gpu_decode_path_matches_pil_path(fake_root):
 def test_gpu_decoding_says_clearly_that_no_gpu_is_present(fake_root, capsys):
     available, why = gpu_decode_available()
     assert not available and "no CUDA GPU is present" in why
-    from sortkd.imagenet.decode_benchmark import main as benchmark_main
+    from sortkd.speed.decode import main as benchmark_main
 
     assert benchmark_main(["--root", str(fake_root)]) == 1
     assert "no CUDA GPU is present" in capsys.readouterr().err

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from sortkd.data.cifar import load_arrays
-from sortkd.engine.device_data import DeviceCifar
-from sortkd.engine.trainer import train_run
+from sortkd.data.views import DeviceCifar
+from sortkd.training.cifar import train_run
 from sortkd.logit_cache import CacheError, TeacherLogitCache, dataset_sha256, export_logits
-from sortkd.teacher_store import load_teacher
+from sortkd.teachers import load_teacher
 from tests.conftest import tiny_spec
 
 CPU = torch.device("cpu")

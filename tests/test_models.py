@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sortkd.models import ARCHS, CheckpointMismatchError, build, load_public_checkpoint
-from sortkd.models.channel_shuffle import channel_shuffle
+from sortkd.models.shufflenet import channel_shuffle
 
 # Parameter counts for 100 classes (methods.md §5); resnet8 / resnet14 counted by hand:
 # resnet8 = stem 464 + stage1 4,672 + stage2 14,528 + stage3 57,728 + fc 6,500.

@@ -272,7 +272,7 @@ def _lines(path: Path) -> int:
 
 def test_cancelled_student_fails_the_workflow_and_resumes_from_its_checkpoint(grid):
     """scancel mid-training -> the workflow fails; rerun -> it resumes and ends as if never stopped."""
-    from sortkd.engine.checkpoint import load_checkpoint
+    from sortkd.training.loop import load_checkpoint
 
     target = f"{OUT}/students/{TARGET}/summary.json"
     on_slurm, local = grid["slurm"], grid["local"]

@@ -1,6 +1,6 @@
 """CIFAR data: the standard download and reader, the generated demo archive and the batched
 augmentation that renders training views on the device."""
-from sortkd.data.augment import (
+from sortkd.data.views import (
     CIFAR100_MEAN,
     CIFAR100_STD,
     CROP_OFFSETS,

@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from sortkd.io_atomic import atomic_path, file_sha256
+from sortkd.files import atomic_path, file_sha256
 
 # The facts below are those torchvision's CIFAR100 dataset class checks.
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

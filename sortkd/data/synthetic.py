@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sortkd.data.cifar import FOLDER_NAME
-from sortkd.io_atomic import atomic_path
+from sortkd.files import atomic_path
 
 SHAPES = ("disk", "square", "diamond", "ring", "cross", "triangle")
 GROUP_SIZE = 5  # sibling classes that share shape and colour

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..transform import apply_variant
-from .ctkd import GlobalTemperature, cosine_lambda
-from .dkd import dkd_loss
-from .kd import kd_loss
-from .standardize import standardize
+from sortkd.sorting import apply_variant
+from sortkd.losses.ctkd import GlobalTemperature, cosine_lambda
+from sortkd.losses.dkd import dkd_loss
+from sortkd.losses.kd import kd_loss
+from sortkd.losses.standardize import standardize
 
 TermsFn = Callable[..., "tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .registry import build
+from sortkd.models.registry import build
 
 
 class CheckpointMismatchError(RuntimeError):

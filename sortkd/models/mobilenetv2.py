@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weight_init import he_fan_out_init
+from sortkd.models.weight_init import he_fan_out_init
 
 # (expansion, channels at width 1, repeats, first stride); expansion None = the model's T.
 _STAGES = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),

@@ -1,7 +1,7 @@
 """Name -> constructor table of the CIFAR model zoo."""
 from torch import nn
 
-from . import cifar_resnet, cifar_resnet50, mobilenetv2, shufflenetv1, shufflenetv2, vgg, wide_resnet
+from sortkd.models import cifar_resnet, cifar_resnet50, mobilenetv2, shufflenet, vgg, wide_resnet
 
 _CONSTRUCTORS = {
     "resnet8": cifar_resnet.resnet8,
@@ -18,8 +18,8 @@ _CONSTRUCTORS = {
     "vgg8": vgg.vgg8,
     "vgg13": vgg.vgg13,
     "MobileNetV2": mobilenetv2.MobileNetV2,
-    "ShuffleV1": shufflenetv1.ShuffleV1,
-    "ShuffleV2": shufflenetv2.ShuffleV2,
+    "ShuffleV1": shufflenet.ShuffleV1,
+    "ShuffleV2": shufflenet.ShuffleV2,
     "ResNet50": cifar_resnet50.ResNet50,
 }
 

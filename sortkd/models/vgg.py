@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weight_init import he_fan_out_init
+from sortkd.models.weight_init import he_fan_out_init
 
 # Output channels of the convs in each of the five blocks.
 VGG_CONFIGS = {

@@ -6,18 +6,18 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from ..io_atomic import atomic_write_text
-from .epoch_metrics import collect_curves
-from .errors import ReportInputError
-from .labels import pair_labels
-from .missing_runs import require_complete_grid
-from .paired_stats import deltas_csv_text, paired_deltas
-from .paper_table import build_paper_table
-from .plots import (curves_path, forest_path, plot_curves, plot_forest,
+from sortkd.files import atomic_write_text
+from sortkd.report.epoch_metrics import collect_curves
+from sortkd.report.errors import ReportInputError
+from sortkd.report.labels import pair_labels
+from sortkd.report.missing_runs import require_complete_grid
+from sortkd.report.paired_stats import deltas_csv_text, paired_deltas
+from sortkd.report.paper_table import build_paper_table
+from sortkd.report.plots import (curves_path, forest_path, plot_curves, plot_forest,
                     plot_wrong_share_vs_delta, wrong_share_path)
-from .published import load_published
-from .runs_table import appearance_order, collect_runs, runs_csv_text
-from .table_format import render_csv, render_latex, render_markdown
+from sortkd.report.published import load_published
+from sortkd.report.runs_table import appearance_order, collect_runs, runs_csv_text
+from sortkd.report.table_format import render_csv, render_latex, render_markdown
 
 TABLE_METRICS = ("best_top1", "final_top1")
 

@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .build import build_report
-    from .errors import ReportInputError
+    from sortkd.report.build import build_report
+    from sortkd.report.errors import ReportInputError
 
     try:
         build_report(args.summaries, args.out_dir, experiment=args.experiment, seeds=args.seeds,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import ReportInputError
+from sortkd.report.errors import ReportInputError
 
 CURVE_KEY = ["pair", "method", "variant", "seed"]
 

@@ -11,7 +11,7 @@ from typing import NamedTuple, Sequence
 
 import pandas as pd
 
-from .errors import ReportInputError
+from sortkd.report.errors import ReportInputError
 
 
 class MissingRun(NamedTuple):

@@ -12,9 +12,9 @@ from typing import Sequence, Union
 
 import pandas as pd
 
-from .labels import COMPARISON_LABELS, method_label, pair_labels, variant_label
-from .paired_stats import comparison_name
-from .published import Published, published_value
+from sortkd.report.labels import COMPARISON_LABELS, method_label, pair_labels, variant_label
+from sortkd.report.paired_stats import comparison_name
+from sortkd.report.published import Published, published_value
 
 TABLE_TITLES = {
     "best_top1": "Best-epoch test top-1 (%) — the number papers report",

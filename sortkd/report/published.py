@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ReportInputError
+from sortkd.report.errors import ReportInputError
 
 Published = dict[str, dict[str, dict[str, float]]]
 

@@ -14,8 +14,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from ..variants import VARIANTS
-from .errors import ReportInputError
+from sortkd.experiment.specs import VARIANTS
+from sortkd.report.errors import ReportInputError
 
 RUN_KEY = ["experiment", "dataset", "pair", "method", "variant", "seed"]
 RUN_COLUMNS = [

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .paper_table import Cell, DeltaCell, PaperTable, StatCell, ValueCell
+from sortkd.report.paper_table import Cell, DeltaCell, PaperTable, StatCell, ValueCell
 
 LEGEND = [
     "**best**: test top-1 at the best epoch, the maximum over epochs. Papers report this; it "

@@ -13,25 +13,27 @@ import contextlib
 import time
 from functools import partial
 from pathlib import Path
-
 import torch
+from sortkd.data.cifar import load_arrays
+from sortkd.files import write_json, write_jsonl
+from sortkd.logit_cache import dataset_sha256
+from sortkd.losses import compute_loss, get_method, resolve_hparams
+from sortkd.models import build
+from sortkd.experiment.specs import RunSpec
+from sortkd.seeding import epoch_order, epoch_views, seeded_global_rng
+from sortkd.teachers import save_teacher_model, write_teacher_info
+from sortkd.training import loop as provenance
+from sortkd.training.loop import load_matching_checkpoint, restore_training_state, save_checkpoint
+from sortkd.training.loop import resolve_device
+from sortkd.data.views import DeviceCifar
+from sortkd.training.loop import EpochMeter, evaluate
+from sortkd.training.loop import EpochProgress
+from sortkd.training.loop import begin_epoch
+from sortkd.logit_cache import TeacherLogitCache
+from sortkd.teachers import load_teacher, read_teacher_info
 
-from ..data.cifar import load_arrays
-from ..io_json import write_json, write_jsonl
-from ..logit_cache import dataset_sha256
-from ..losses import compute_loss, get_method, resolve_hparams
-from ..models import build
-from ..run_spec import RunSpec
-from ..seeding import epoch_order, epoch_views, seeded_global_rng
-from ..teacher_store import save_teacher_model, write_teacher_info
-from . import provenance
-from .checkpoint import load_matching_checkpoint, restore_training_state, save_checkpoint
-from .device import resolve_device
-from .device_data import DeviceCifar
-from .metrics import EpochMeter, evaluate
-from .progress import EpochProgress
-from .schedule import begin_epoch
-from .teacher_source import CachedTeacher, OnlineTeacher
+
+# --- trainer ------------------------------------------------------------------
 
 CHECKPOINT, METRICS, SUMMARY, PROVENANCE = "checkpoint.pt", "metrics.jsonl", "summary.json", "provenance.json"
 
@@ -179,3 +181,33 @@ def _summarize(spec: RunSpec, history: list[dict], teacher) -> dict:
         summary["teacher_logits"] = spec.teacher_logits
         summary["teacher_wrong_frac"] = sum(r["teacher_wrong_frac"] for r in history) / len(history)
     return summary
+
+
+# --- teacher_source -----------------------------------------------------------
+
+class OnlineTeacher:
+    """Runs the teacher (eval mode, no gradients) on the student's own batch."""
+
+    def __init__(self, teacher_dir: Path, arch: str, device: torch.device, autocast, channels_last: bool):
+        self.model, self.info = load_teacher(teacher_dir, arch, device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast = autocast
+
+    @torch.no_grad()
+    def logits(self, index: torch.Tensor, views: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model(images).float()
+
+
+class CachedTeacher:
+    """Gathers each batch's logits by (sample index, view id); never builds the teacher."""
+
+    def __init__(self, teacher_dir: Path, cache_dir: Path, data_sha256: str, num_train: int,
+                 num_classes: int, device: torch.device):
+        self.info = read_teacher_info(teacher_dir)
+        self.cache = TeacherLogitCache(cache_dir, self.info["checkpoint_sha256"], data_sha256,
+                                       num_train, num_classes, device)
+
+    def logits(self, index: torch.Tensor, views: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return self.cache.train_logits(index, views)

@@ -14,28 +14,29 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from sortkd.training import loop as provenance
+from sortkd.training.loop import load_matching_checkpoint, restore_training_state, save_checkpoint
+from sortkd.training.loop import EpochMeter
+from sortkd.training.loop import EpochProgress
+from sortkd.training.loop import begin_epoch
+from sortkd.training.cifar import CHECKPOINT, METRICS, PROVENANCE, SUMMARY, NonFiniteLoss, autocast_factory
+from sortkd.files import write_json, write_jsonl
+from sortkd.losses import compute_loss, get_method, resolve_hparams
+from sortkd.training.distributed import Ranks, all_reduce_sum, barrier
+from sortkd.training.distributed import DataOrderChecksum, reduce_meter
+from sortkd.data.imagenet import scan_imagenet
+from sortkd.training.distributed import synchronize_batch_norm
+from sortkd.data.imagenet_input import normalize_batch
+from sortkd.data.imagenet_input import ImageNetInput, compute_threads
+from sortkd.models.imagenet import build_student, build_teacher
+from sortkd.experiment.specs import ImageNetRunSpec
+import contextlib
+from sortkd.training.distributed import Ranks, all_reduce_sum
 
-from ..engine import provenance
-from ..engine.checkpoint import load_matching_checkpoint, restore_training_state, save_checkpoint
-from ..engine.metrics import EpochMeter
-from ..engine.progress import EpochProgress
-from ..engine.schedule import begin_epoch
-from ..engine.trainer import CHECKPOINT, METRICS, PROVENANCE, SUMMARY, NonFiniteLoss, autocast_factory
-from ..io_json import write_json, write_jsonl
-from ..losses import compute_loss, get_method, resolve_hparams
-from .distributed import Ranks, all_reduce_sum, barrier
-from .epoch_sums import DataOrderChecksum, reduce_meter
-from .evaluate import evaluate
-from .folder import scan_imagenet
-from .global_bn import synchronize_batch_norm
-from .images import normalize_batch
-from .input_pipeline import ImageNetInput, compute_threads
-from .models import build_student, build_teacher
-from .spec import ImageNetRunSpec
 
+# --- trainer ------------------------------------------------------------------
 
 def _load_teacher(spec: ImageNetRunSpec, num_classes: int, ranks: Ranks) -> torch.nn.Module:
     # The first process of each node fetches the weights into the cache; the others then read it.
@@ -182,3 +183,26 @@ def summarize(spec: ImageNetRunSpec, history: list[dict], teacher_accuracy: dict
         "teacher_weights": spec.teacher_weights, "teacher_logits": "online",
         "teacher_wrong_frac": sum(r["teacher_wrong_frac"] for r in history) / len(history),
     }
+
+
+# --- evaluate -----------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches, ranks: Ranks, autocast=contextlib.nullcontext,
+             memory_format=torch.contiguous_format) -> dict[str, float]:
+    """Percent top-1/top-5 of ``model`` (eval mode) over every rank's shard of the val set."""
+    model.eval()
+    hits = torch.zeros(2, dtype=torch.int64, device=ranks.device)  # top-1, top-5
+    samples = 0
+    for images, labels, _ in batches:
+        with autocast():
+            logits = model(normalize_batch(images, memory_format))
+        k = min(5, logits.shape[1])
+        hit = logits.float().topk(k, dim=1).indices == labels[:, None]
+        hits += torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum()])
+        samples += labels.shape[0]
+    counts = torch.cat([hits, torch.tensor([samples], device=ranks.device)])
+    c1, c5, n = all_reduce_sum(counts, ranks).tolist()
+    if n == 0:
+        raise RuntimeError("the validation set is empty")
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n}

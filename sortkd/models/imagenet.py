@@ -10,12 +10,13 @@ random teacher from (seed, "init", 1), so every variant of a seed starts alike.
 from __future__ import annotations
 
 from typing import Callable
-
 from torch import nn
 from torchvision import models as tv
+from sortkd.seeding import seeded_global_rng
+import torch
 
-from ..seeding import seeded_global_rng
-from .mobilenetv1 import MobileNetV1
+
+# --- models -------------------------------------------------------------------
 
 NO_WEIGHTS = "none"
 
@@ -87,3 +88,46 @@ def _download_guard(constructor, weights) -> nn.Module:
             f"could not fetch the pretrained weights {weights} from {weights.url} ({exc}). "
             f"On a machine without network, copy {file_name} into $TORCH_HOME/hub/checkpoints/ "
             f"(default ~/.cache/torch/hub/checkpoints/) first") from exc
+
+
+# --- mobilenetv1 --------------------------------------------------------------
+
+# (output channels, stride) of the 13 depthwise-separable blocks after the 3x3 stem.
+_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+           (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+_STEM_CHANNELS = 32
+
+
+def _stem(out_channels: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, out_channels, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _depthwise_separable(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False),
+        nn.BatchNorm2d(in_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, out_channels, 1, 1, 0, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class MobileNetV1(nn.Module):
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers = [_stem(_STEM_CHANNELS, 2)]
+        channels = _STEM_CHANNELS
+        for out_channels, stride in _BLOCKS:
+            layers.append(_depthwise_separable(channels, out_channels, stride))
+            channels = out_channels
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        self.model = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.model(x), 1))

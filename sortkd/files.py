@@ -12,6 +12,11 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
+import json
+from typing import Any, Iterable
+
+
+# --- io_atomic ----------------------------------------------------------------
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -67,3 +72,26 @@ def file_sha256(path: PathLike) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- io_json ------------------------------------------------------------------
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(Path(path), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)

@@ -1,6 +1,6 @@
 """Throughput of JPEG decoding + training view: PIL on the CPU vs nvjpeg on the GPU.
 
-    python -m sortkd.imagenet.decode_benchmark --root /data/imagenet [--images 512 --batch 256]
+    python -m sortkd.speed.decode --root /data/imagenet [--images 512 --batch 256]
 
 Needs a CUDA GPU; without one it stops with a message saying so. The CPU figure is for one
 core (one DataLoader worker); the GPU figure is for the training process alone, which then
@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from .folder import scan_imagenet
-from .gpu_decode import EncodedTrainImages, collate_encoded, gpu_decode_available, train_batch_on_device
-from .images import TrainImages
+from sortkd.data.imagenet import scan_imagenet
+from sortkd.data.imagenet_input import EncodedTrainImages, collate_encoded, gpu_decode_available, train_batch_on_device
+from sortkd.data.imagenet_input import TrainImages
 
 
 def benchmark_decoding(root: str, num_images: int = 512, batch_size: int = 256, image_size: int = 224,

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
 import yaml
+from sortkd.experiment.specs import RunSpec
+from sortkd.losses import resolve_hparams
 
-from .run_spec import RunSpec
 
+# --- grid ---------------------------------------------------------------------
 
 class GridError(ValueError):
     """The config names something that does not exist."""
@@ -54,8 +55,8 @@ class StudentRun:
 
 class Grid:
     def __init__(self, config: dict, root: str | Path = "."):
-        from .losses import METHODS
-        from .models import ARCHS
+        from sortkd.losses import METHODS
+        from sortkd.models import ARCHS
 
         self.config = config
         self.root = Path(root)
@@ -131,7 +132,7 @@ class Grid:
 
     def method_hparams(self, pair: str, method: str) -> dict:
         """Registry defaults < config methods.<m> < the pair table's hparams.<m>."""
-        from .losses import resolve_hparams
+        from sortkd.losses import resolve_hparams
 
         overrides = {**(self.config["methods"].get(method) or {}),
                      **((self.table[pair].get("hparams") or {}).get(method) or {})}
@@ -177,3 +178,109 @@ class Grid:
         if c.get("gpu_lock_dir"):
             args += f" --gpu-lock-dir {c['gpu_lock_dir']}"
         return args
+
+
+# --- table --------------------------------------------------------------------
+
+DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "workflow" / "tables" / "imagenet.yaml"
+_SECTIONS = ("recipe", "pairs", "methods")
+
+
+def load_table(path: str | Path = DEFAULT_TABLE) -> dict[str, Any]:
+    with open(path) as handle:
+        table = yaml.safe_load(handle)
+    missing = [s for s in _SECTIONS if not isinstance((table or {}).get(s), dict)]
+    if missing:
+        raise ValueError(f"{path}: missing section(s) {', '.join(missing)}; expected {', '.join(_SECTIONS)}")
+    return table
+
+
+def _entry(table: dict, section: str, key: str) -> Any:
+    try:
+        return table[section][key]
+    except KeyError:
+        raise ValueError(f"unknown ImageNet {section[:-1]} {key!r}; allowed: "
+                         f"{', '.join(table[section])}") from None
+
+
+def method_hparams(table: dict, pair: str, method: str) -> dict[str, float]:
+    """The table's hyper-parameters of ``method`` for ``pair`` (checked against the registry)."""
+    values = {**(_entry(table, "methods", method) or {}),
+              **((_entry(table, "pairs", pair).get("hparams") or {}).get(method) or {})}
+    resolve_hparams(method, values)
+    return values
+
+
+def run_spec_dict(table: dict, pair: str, method: str, variant: str, seed: int, data: str,
+                  **settings) -> dict[str, Any]:
+    """The spec of one run (see sortkd.experiment.specs); ``settings`` (device, threads, ...) override."""
+    entry = _entry(table, "pairs", pair)
+    spec = {
+        "name": f"imagenet/{pair}/{method}/{variant}/seed{seed}", "data": str(data),
+        "teacher_arch": entry["teacher"], "teacher_weights": entry["teacher_weights"],
+        "arch": entry["student"], "pair": pair, "method": method, "variant": variant, "seed": seed,
+        "hparams": method_hparams(table, pair, method), **table["recipe"],
+    }
+    spec.update(settings)
+    return spec
+
+
+# --- grid ---------------------------------------------------------------------
+
+EXPECTED_LAYOUT = "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (the standard ILSVRC-2012 folders)"
+
+
+class ImageNetGrid:
+    def __init__(self, config: dict, out: str, root: str | Path = "."):
+        self.section = config.get("imagenet") or {}
+        self.enabled = bool(self.section.get("enabled"))
+        self.out = f"{out}/imagenet"
+        self.compute = config["compute"]
+        if not self.enabled:
+            return
+        self.table = load_table(Path(root) / self.section["table"])
+        self.data = self.section["root"]
+        if not (Path(root) / self.data / "train").is_dir() or not (Path(root) / self.data / "val").is_dir():
+            raise GridError(f"config: imagenet.root: {self.data} does not hold ImageNet; expected "
+                            f"{EXPECTED_LAYOUT}. Put the data there or set imagenet.enabled: false")
+        self.pairs = list(self.section.get("pairs") or self.table["pairs"])
+        for pair in self.pairs:
+            if pair not in self.table["pairs"]:
+                raise GridError(f"config: imagenet.pairs: {pair!r} is not allowed; allowed: "
+                                f"{', '.join(self.table['pairs'])}")
+        for method in self.section["methods"]:
+            if method not in self.table["methods"]:
+                raise GridError(f"config: imagenet.methods: {method!r} is not allowed; allowed: "
+                                f"{', '.join(self.table['methods'])}")
+
+    def runs(self) -> list[StudentRun]:
+        if not self.enabled:
+            return []
+        s = self.section
+        return [StudentRun(p, m, v, int(seed)) for p in self.pairs for m in s["methods"]
+                for v in s["variants"] for seed in s["seeds"]]
+
+    @property
+    def runs_by_path(self) -> dict[str, StudentRun]:
+        return {r.path: r for r in self.runs()}
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.section.get("seeds", [])]
+
+    def run_dir(self, run: StudentRun) -> str:
+        return f"{self.out}/students/{run.path}"
+
+    @property
+    def gpus_per_run(self) -> int:
+        return int(self.section.get("gpus_per_run", 1))
+
+    @property
+    def gpu_resource(self) -> int:
+        return self.gpus_per_run if self.compute["device"] == "cuda" else 0
+
+    def spec_dict(self, run: StudentRun) -> dict:
+        settings = {"experiment": "imagenet", "device": self.compute["device"],
+                    "precision": self.compute["precision"], "threads": int(self.section.get("threads", 1)),
+                    **(self.section.get("overrides") or {})}
+        return run_spec_dict(self.table, run.pair, run.method, run.variant, run.seed, self.data, **settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .variants import VARIANTS
+from sortkd.experiment.specs import VARIANTS
 
 
 def _check(logits: torch.Tensor, target: torch.Tensor) -> None:

@@ -12,8 +12,11 @@ torchvision's float32 arithmetic, so every device gives torchvision's CPU values
 from __future__ import annotations
 
 from typing import Sequence, Union
-
 import torch
+from sortkd.data.cifar import CifarArrays
+
+
+# --- augment ------------------------------------------------------------------
 
 PAD = 4
 CROP_OFFSETS = 2 * PAD + 1  # 9 offsets per axis
@@ -149,3 +152,27 @@ def normalize_images(
     """The test-set transform: uint8 [B, 3, 32, 32] -> normalized float32 [B, 3, 32, 32]."""
     _check_images(x, SIZE, "images")
     return _lookup(x, normalization_table(mean, std, x.device))
+
+
+# --- device_data --------------------------------------------------------------
+
+class DeviceCifar:
+    """uint8 training images (zero-padded once) and normalized test images on one device."""
+
+    num_views = NUM_VIEWS
+
+    def __init__(self, arrays: CifarArrays, device: torch.device):
+        self.device = device
+        self.num_classes = arrays.num_classes
+        train_x = torch.from_numpy(arrays.train_x)
+        self.train_padded = pad_images(train_x).to(device)
+        self.train_y = torch.from_numpy(arrays.train_y).long().to(device)
+        self.test_x = normalize_images(torch.from_numpy(arrays.test_x)).to(device)
+        self.test_y = torch.from_numpy(arrays.test_y).long().to(device)
+
+    @property
+    def num_train(self) -> int:
+        return self.train_y.shape[0]
+
+    def train_batch(self, index: torch.Tensor, views: torch.Tensor):
+        return render_views(self.train_padded, index, views), self.train_y[index]

@@ -1,1 +1,0 @@
-"""The CIFAR training engine: epoch loop, schedule, checkpoints, metrics, provenance."""
