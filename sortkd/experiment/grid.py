@@ -1,24 +1,41 @@
-"""The experiment grid: config.yaml + the per-pair table -> teacher and student runs.
+"""The experiment grid: the settled config + the tables -> every run's complete, validated spec.
 
-The Snakefile calls these functions; they hold no Snakemake code so that the
-tests can check the grid directly. Every value that affects a run ends up in
-its RunSpec, which the rule passes as a param: Snakemake's params trigger then
-reruns exactly the runs whose settings changed.
+workflow/rules/common.smk builds `Grid` (CIFAR) and `ImageNetGrid` once, at DAG construction;
+they hold no Snakemake code, so the tests check them directly. Every spec is built (and so
+validated) when the grid is built, with all hyper-parameters resolved: the job receives the
+values it runs with, the Snakemake params show them, and Snakemake's params trigger reruns
+exactly the runs whose values changed (a new default in code included).
+
+Hyper-parameters of (pair, method), lowest precedence first:
+  1. the method's defaults in the registry (sortkd.losses);
+  2. the table: for ImageNet its `methods:` section, then the pair row's `hparams.<method>`;
+  3. the config's `methods.<method>` (ImageNet: `imagenet.methods.<method>`);
+  4. `--config` on the command line (Snakemake merges it into 3).
+Recipe of (pair, method), lowest first: the config's `recipe:` (ImageNet: the table's
+`recipe:`) < the pair row's `lr` < the pair row's `recipes.<method>` < (ImageNet only) the
+config's `imagenet.overrides`.
+
+A table may carry entries for methods that are not in the grid, or not registered in this
+checkout (e.g. MLKD's recipes): they are checked only for the methods the registry knows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import yaml
-from sortkd.experiment.specs import RunSpec
-from sortkd.losses import resolve_hparams
 
+from sortkd.experiment.config import WORKFLOW_DIR, check
+from sortkd.experiment.specs import VARIANTS, ImageNetRunSpec, RunSpec
 
-# --- grid ---------------------------------------------------------------------
+TABLES_SCHEMA = WORKFLOW_DIR / "schemas" / "tables.schema.yaml"
+DEFAULT_TABLE = WORKFLOW_DIR / "tables" / "imagenet.yaml"
+EXPECTED_LAYOUT = "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (the standard ILSVRC-2012 folders)"
+
 
 class GridError(ValueError):
-    """The config names something that does not exist."""
+    """The config or a table names something that does not exist."""
 
 
 def _allowed(key: str, value: Any, allowed) -> None:
@@ -26,18 +43,56 @@ def _allowed(key: str, value: Any, allowed) -> None:
         raise GridError(f"config: {key}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
 
 
-def load_pairs_table(path: str | Path) -> dict[str, dict]:
+def _read_table(path: str | Path, kind: str) -> dict:
+    """A table file, validated against ``$defs/<kind>`` of workflow/schemas/tables.schema.yaml."""
     path = Path(path)
     if not path.exists():
-        raise GridError(f"config: pairs_table: {path} does not exist")
+        raise GridError(f"config: table {path} does not exist")
     table = yaml.safe_load(path.read_text()) or {}
-    for name, row in table.items():
-        for key in ("teacher", "student", "lr"):
-            if key not in row:
-                raise GridError(f"pairs table {path}: pair {name!r} lacks {key!r}")
+    schema = yaml.safe_load(TABLES_SCHEMA.read_text())
+    try:
+        check(table, {**schema, "$ref": f"#/$defs/{kind}"}, str(path))
+    except ValueError as exc:
+        raise GridError(str(exc)) from None
+    return table
+
+
+def _check_pair_names(path, pairs: dict) -> None:
+    for name, row in pairs.items():
         if name != f"{row['teacher']}-{row['student']}":
-            raise GridError(f"pairs table {path}: pair {name!r} must be named "
-                            f"'{row['teacher']}-{row['student']}' (teacher-student)")
+            raise GridError(f"{path}: pair {name!r} must be named '{row['teacher']}-{row['student']}' "
+                            f"(teacher-student)")
+
+
+def _check_known_hparams(path, where: str, per_method: dict) -> None:
+    """The keys of every registered method's entry; unregistered methods are left alone."""
+    from sortkd.losses import METHODS
+
+    for method, values in per_method.items():
+        if method in METHODS:
+            unknown = sorted(set(values or {}) - set(METHODS[method].defaults))
+            if unknown:
+                raise GridError(f"{path}: {where}.{method}: method {method!r} has no hyper-parameter "
+                                f"{', '.join(map(repr, unknown))}; allowed: "
+                                f"{', '.join(sorted(METHODS[method].defaults))}")
+
+
+def load_pairs_table(path: str | Path) -> dict[str, dict]:
+    """A CIFAR pairs table, validated."""
+    table = _read_table(path, "pairs_table")
+    _check_pair_names(path, table)
+    for name, row in table.items():
+        _check_known_hparams(path, f"{name}.hparams", row.get("hparams") or {})
+    return table
+
+
+def load_table(path: str | Path = DEFAULT_TABLE) -> dict[str, Any]:
+    """The ImageNet table, validated."""
+    table = _read_table(path, "imagenet_table")
+    _check_pair_names(path, table["pairs"])
+    _check_known_hparams(path, "methods", table["methods"])
+    for name, row in table["pairs"].items():
+        _check_known_hparams(path, f"pairs.{name}.hparams", row.get("hparams") or {})
     return table
 
 
@@ -53,9 +108,75 @@ class StudentRun:
         return f"{self.pair}/{self.method}/{self.variant}/seed{self.seed}"
 
 
-class Grid:
-    def __init__(self, config: dict, root: str | Path = "."):
+def pair_hparams(rows: dict, pair: str, method: str, table_methods: dict | None = None,
+                 config_overrides: dict | None = None) -> dict[str, float]:
+    """The complete hyper-parameters of ``method`` for ``pair``, in the module docstring's order:
+    registry defaults < the table's methods section < the pair row < the config."""
+    from sortkd.losses import resolve_hparams
+
+    overrides = {**((table_methods or {}).get(method) or {}),
+                 **((rows[pair].get("hparams") or {}).get(method) or {}),
+                 **(config_overrides or {})}
+    try:
+        return resolve_hparams(method, overrides)
+    except ValueError as exc:
+        raise GridError(f"config: hyper-parameters of {method} for {pair}: {exc}") from None
+
+
+def pair_recipe(row: dict, method: str) -> dict[str, Any]:
+    """The recipe keys a pair row sets for ``method``: its `lr`, then its `recipes.<method>`."""
+    recipe = {"lr": row["lr"]} if "lr" in row else {}
+    return {**recipe, **((row.get("recipes") or {}).get(method) or {})}
+
+
+class StudentGrid:
+    """What both grids share: the selection of pairs, methods, variants and seeds, the
+    resolution of hyper-parameters and recipes, and the runs' specs (built eagerly)."""
+
+    dataset_key = ""        # where the selection lives in the config ("" = top level)
+    out: str
+
+    def _select(self, section: dict, rows: dict[str, dict], table_methods: dict | None) -> None:
         from sortkd.losses import METHODS
+
+        prefix = f"{self.dataset_key}." if self.dataset_key else ""
+        self.rows = rows
+        self.table_methods = table_methods or {}
+        self.pairs = list(section.get("pairs") or rows)
+        for pair in self.pairs:
+            _allowed(f"{prefix}pairs", pair, list(rows))
+        self.method_settings: dict[str, dict] = section["methods"]
+        allowed = sorted(m for m in METHODS if m != "vanilla")
+        if table_methods is not None:  # ImageNet: the methods the table has values for
+            allowed = [m for m in allowed if m in table_methods]
+        self.methods = list(self.method_settings)
+        for method in self.methods:
+            _allowed(f"{prefix}methods", method, allowed)
+        self.variants = list(section["variants"])
+        for variant in self.variants:
+            _allowed(f"{prefix}variants", variant, VARIANTS)
+        self.seeds = [int(s) for s in section["seeds"]]
+
+    def method_hparams(self, pair: str, method: str) -> dict[str, float]:
+        return pair_hparams(self.rows, pair, method, self.table_methods, self.method_settings.get(method))
+
+    def runs(self) -> list[StudentRun]:
+        return [StudentRun(p, m, v, s) for p in self.pairs for m in self.methods
+                for v in self.variants for s in self.seeds]
+
+    @property
+    def runs_by_path(self) -> dict[str, StudentRun]:
+        return {r.path: r for r in self.runs()}
+
+    def run_dir(self, run: StudentRun) -> str:
+        return f"{self.out}/students/{run.path}"
+
+
+class Grid(StudentGrid):
+    """The CIFAR experiment: teachers, their logit caches and the student runs."""
+
+    def __init__(self, config: dict, root: str | Path = "."):
+        """``config`` is settled (sortkd.experiment.config.settle)."""
         from sortkd.models import ARCHS
 
         self.config = config
@@ -63,15 +184,7 @@ class Grid:
         self.experiment = config["experiment"]
         self.out = f"results/{self.experiment}"
         self.table = load_pairs_table(self.root / config["pairs_table"])
-        self.pairs = list(config.get("pairs") or self.table)
-        for pair in self.pairs:
-            _allowed("pairs", pair, list(self.table))
-        self.methods = list(config["methods"])
-        for method in self.methods:
-            _allowed("methods", method, sorted(m for m in METHODS if m != "vanilla"))
-        for variant in config["variants"]:
-            _allowed("variants", variant, ["base", "sort", "swap"])
-        self.seeds = [int(s) for s in config["seeds"]]
+        self._select(config, self.table, None)
         self.teachers = config["teachers"]
         for pair in self.pairs:
             row = self.table[pair]
@@ -83,6 +196,8 @@ class Grid:
         for arch, entry in self.teachers.items():
             _allowed("teachers", arch, ARCHS)
             _allowed(f"teachers: {arch}: source", entry["source"], ["download", "train"])
+        self.student_specs = {run.path: self._student_spec(run) for run in self.runs()}
+        self.teacher_specs = {arch: self._teacher_spec(arch) for arch in self.teachers_by_source("train")}
 
     # --- what runs -------------------------------------------------------------------
 
@@ -97,12 +212,11 @@ class Grid:
         return self.table[pair].get("teacher_logits", self.config["teacher_logits"])
 
     def student_runs(self) -> list[StudentRun]:
-        return [StudentRun(p, m, v, s) for p in self.pairs for m in self.methods
-                for v in self.config["variants"] for s in self.seeds]
+        return self.runs()
 
     @property
     def student_runs_by_path(self) -> dict[str, StudentRun]:
-        return {r.path: r for r in self.student_runs()}
+        return self.runs_by_path
 
     # --- paths -------------------------------------------------------------------------
 
@@ -117,51 +231,62 @@ class Grid:
         return f"{self.out}/logits/{arch}"
 
     def student_dir(self, run: StudentRun) -> str:
-        return f"{self.out}/students/{run.path}"
+        return self.run_dir(run)
+
+    # --- settings ------------------------------------------------------------------------
+
+    @property
+    def cache_dtype(self) -> str:
+        """The logit cache's storage: as configured, else float32 for precision exact (exact
+        means exact) and float16 otherwise."""
+        configured = self.config.get("cache_dtype")
+        if configured:
+            return configured
+        return "float32" if self.config["compute"]["precision"] == "exact" else "float16"
+
+    @property
+    def teacher_archive_url(self) -> str:
+        from sortkd.experiment.config import TEACHER_ARCHIVE_URL
+
+        return self.config["teacher_archive"].get("url") or TEACHER_ARCHIVE_URL
 
     # --- run specs ---------------------------------------------------------------------
 
-    def _compute(self) -> dict:
+    def _common(self) -> dict:
         c = self.config["compute"]
-        return {"device": c["device"], "precision": c["precision"], "threads": c["threads"]}
+        return {"experiment": self.experiment, "dataset": self.config["dataset"], "device": c["device"],
+                "precision": c["precision"], "threads": c["threads"],
+                "tensorboard": self.config["logging"]["tensorboard"]}
 
     def _recipe(self) -> dict:
         r = self.config["recipe"]
         return {"epochs": r["epochs"], "batch_size": r["batch_size"], "lr_milestones": r["lr_milestones"],
                 "lr_gamma": r["lr_gamma"], "momentum": r["momentum"], "weight_decay": r["weight_decay"]}
 
-    def method_hparams(self, pair: str, method: str) -> dict:
-        """Registry defaults < config methods.<m> < the pair table's hparams.<m>."""
-        from sortkd.losses import resolve_hparams
-
-        overrides = {**(self.config["methods"].get(method) or {}),
-                     **((self.table[pair].get("hparams") or {}).get(method) or {})}
-        try:
-            return resolve_hparams(method, overrides)
-        except ValueError as exc:
-            raise GridError(f"config: hyper-parameters of {method} for {pair}: {exc}") from None
-
-    def teacher_spec(self, arch: str) -> RunSpec:
+    def _teacher_spec(self, arch: str) -> RunSpec:
         entry = self.teachers[arch]
         recipe = {**self._recipe(), **(self.config.get("teacher_recipe") or {})}
         low_lr = arch in self.config["recipe"]["low_lr_archs"]
         lr = entry.get("lr", self.config["recipe"]["low_lr" if low_lr else "lr"])
-        return RunSpec.from_dict({
-            "kind": "teacher", "name": f"{self.experiment}/teacher/{arch}", "data": self.data_file,
-            "arch": arch, "experiment": self.experiment, "dataset": self.config["dataset"],
-            "seed": int(entry.get("seed", 0)), "lr": lr, **recipe, **self._compute()})
+        return RunSpec(kind="teacher", name=f"{self.experiment}/teacher/{arch}", data=self.data_file,
+                       arch=arch, seed=int(entry.get("seed", 0)), lr=lr, **recipe, **self._common())
 
-    def student_spec(self, run: StudentRun) -> RunSpec:
+    def _student_spec(self, run: StudentRun) -> RunSpec:
         row = self.table[run.pair]
         cached = self.teacher_logits(run.pair) == "cache"
-        return RunSpec.from_dict({
-            "kind": "student", "name": f"{self.experiment}/{run.path}", "data": self.data_file,
-            "arch": row["student"], "experiment": self.experiment, "dataset": self.config["dataset"],
-            "method": run.method, "variant": run.variant, "hparams": self.method_hparams(run.pair, run.method),
-            "seed": run.seed, "lr": row["lr"], "pair": run.pair, "teacher_arch": row["teacher"],
-            "teacher_dir": self.teacher_dir(row["teacher"]), "teacher_logits": self.teacher_logits(run.pair),
-            "cache_dir": self.logits_dir(row["teacher"]) if cached else None,
-            **self._recipe(), **self._compute()})
+        return RunSpec(
+            kind="student", name=f"{self.experiment}/{run.path}", data=self.data_file, arch=row["student"],
+            method=run.method, variant=run.variant, hparams=self.method_hparams(run.pair, run.method),
+            seed=run.seed, pair=run.pair, teacher_arch=row["teacher"], teacher_dir=self.teacher_dir(row["teacher"]),
+            teacher_logits=self.teacher_logits(run.pair),
+            cache_dir=self.logits_dir(row["teacher"]) if cached else None,
+            **{**self._recipe(), **pair_recipe(row, run.method)}, **self._common())
+
+    def teacher_spec(self, arch: str) -> RunSpec:
+        return self.teacher_specs[arch]
+
+    def student_spec(self, run: StudentRun) -> RunSpec:
+        return self.student_specs[run.path]
 
     # --- resources -----------------------------------------------------------------------
 
@@ -180,62 +305,19 @@ class Grid:
         return args
 
 
-# --- table --------------------------------------------------------------------
+class ImageNetGrid(StudentGrid):
+    """The ImageNet experiment (config `imagenet:`, off by default): multi-GPU student runs."""
 
-DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "workflow" / "tables" / "imagenet.yaml"
-_SECTIONS = ("recipe", "pairs", "methods")
+    dataset_key = "imagenet"
 
-
-def load_table(path: str | Path = DEFAULT_TABLE) -> dict[str, Any]:
-    with open(path) as handle:
-        table = yaml.safe_load(handle)
-    missing = [s for s in _SECTIONS if not isinstance((table or {}).get(s), dict)]
-    if missing:
-        raise ValueError(f"{path}: missing section(s) {', '.join(missing)}; expected {', '.join(_SECTIONS)}")
-    return table
-
-
-def _entry(table: dict, section: str, key: str) -> Any:
-    try:
-        return table[section][key]
-    except KeyError:
-        raise ValueError(f"unknown ImageNet {section[:-1]} {key!r}; allowed: "
-                         f"{', '.join(table[section])}") from None
-
-
-def method_hparams(table: dict, pair: str, method: str) -> dict[str, float]:
-    """The table's hyper-parameters of ``method`` for ``pair`` (checked against the registry)."""
-    values = {**(_entry(table, "methods", method) or {}),
-              **((_entry(table, "pairs", pair).get("hparams") or {}).get(method) or {})}
-    resolve_hparams(method, values)
-    return values
-
-
-def run_spec_dict(table: dict, pair: str, method: str, variant: str, seed: int, data: str,
-                  **settings) -> dict[str, Any]:
-    """The spec of one run (see sortkd.experiment.specs); ``settings`` (device, threads, ...) override."""
-    entry = _entry(table, "pairs", pair)
-    spec = {
-        "name": f"imagenet/{pair}/{method}/{variant}/seed{seed}", "data": str(data),
-        "teacher_arch": entry["teacher"], "teacher_weights": entry["teacher_weights"],
-        "arch": entry["student"], "pair": pair, "method": method, "variant": variant, "seed": seed,
-        "hparams": method_hparams(table, pair, method), **table["recipe"],
-    }
-    spec.update(settings)
-    return spec
-
-
-# --- grid ---------------------------------------------------------------------
-
-EXPECTED_LAYOUT = "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (the standard ILSVRC-2012 folders)"
-
-
-class ImageNetGrid:
     def __init__(self, config: dict, out: str, root: str | Path = "."):
-        self.section = config.get("imagenet") or {}
-        self.enabled = bool(self.section.get("enabled"))
+        """``config`` is settled (sortkd.experiment.config.settle)."""
+        self.section = config["imagenet"]
+        self.enabled = bool(self.section["enabled"])
         self.out = f"{out}/imagenet"
         self.compute = config["compute"]
+        self.tensorboard = config["logging"]["tensorboard"]
+        self.pairs, self.methods, self.seeds, self.specs = [], [], [], {}
         if not self.enabled:
             return
         self.table = load_table(Path(root) / self.section["table"])
@@ -243,44 +325,56 @@ class ImageNetGrid:
         if not (Path(root) / self.data / "train").is_dir() or not (Path(root) / self.data / "val").is_dir():
             raise GridError(f"config: imagenet.root: {self.data} does not hold ImageNet; expected "
                             f"{EXPECTED_LAYOUT}. Put the data there or set imagenet.enabled: false")
-        self.pairs = list(self.section.get("pairs") or self.table["pairs"])
-        for pair in self.pairs:
-            if pair not in self.table["pairs"]:
-                raise GridError(f"config: imagenet.pairs: {pair!r} is not allowed; allowed: "
-                                f"{', '.join(self.table['pairs'])}")
-        for method in self.section["methods"]:
-            if method not in self.table["methods"]:
-                raise GridError(f"config: imagenet.methods: {method!r} is not allowed; allowed: "
-                                f"{', '.join(self.table['methods'])}")
+        self._select(self.section, self.table["pairs"], self.table["methods"])
+        self.specs = {run.path: self._spec(run) for run in self.runs()}
 
     def runs(self) -> list[StudentRun]:
-        if not self.enabled:
-            return []
-        s = self.section
-        return [StudentRun(p, m, v, int(seed)) for p in self.pairs for m in s["methods"]
-                for v in s["variants"] for seed in s["seeds"]]
-
-    @property
-    def runs_by_path(self) -> dict[str, StudentRun]:
-        return {r.path: r for r in self.runs()}
-
-    @property
-    def seeds(self) -> list[int]:
-        return [int(s) for s in self.section.get("seeds", [])]
-
-    def run_dir(self, run: StudentRun) -> str:
-        return f"{self.out}/students/{run.path}"
+        return super().runs() if self.enabled else []
 
     @property
     def gpus_per_run(self) -> int:
-        return int(self.section.get("gpus_per_run", 1))
+        return int(self.section["gpus_per_run"])
 
     @property
     def gpu_resource(self) -> int:
         return self.gpus_per_run if self.compute["device"] == "cuda" else 0
 
-    def spec_dict(self, run: StudentRun) -> dict:
+    def _spec(self, run: StudentRun) -> ImageNetRunSpec:
         settings = {"experiment": "imagenet", "device": self.compute["device"],
-                    "precision": self.compute["precision"], "threads": int(self.section.get("threads", 1)),
-                    **(self.section.get("overrides") or {})}
-        return run_spec_dict(self.table, run.pair, run.method, run.variant, run.seed, self.data, **settings)
+                    "precision": self.compute["precision"], "threads": int(self.section["threads"]),
+                    "tensorboard": self.tensorboard, **(self.section.get("overrides") or {})}
+        spec = run_spec_dict(self.table, run.pair, run.method, run.variant, run.seed, self.data,
+                             method_overrides=self.method_settings.get(run.method), **settings)
+        try:
+            return ImageNetRunSpec.from_dict(spec)
+        except ValueError as exc:
+            raise GridError(f"config: imagenet: {exc}") from None
+
+    def spec(self, run: StudentRun) -> ImageNetRunSpec:
+        return self.specs[run.path]
+
+    def spec_dict(self, run: StudentRun) -> dict:
+        return self.spec(run).to_dict()
+
+
+# --- one ImageNet run from the table (the grid above, tests, hand-made specs) --------------------
+
+def method_hparams(table: dict, pair: str, method: str, method_overrides: dict | None = None) -> dict[str, float]:
+    """The complete hyper-parameters of ``method`` for ``pair`` from the ImageNet table
+    (then ``method_overrides``, the config's layer)."""
+    if pair not in table["pairs"]:
+        raise GridError(f"unknown ImageNet pair {pair!r}; allowed: {', '.join(table['pairs'])}")
+    if method not in table["methods"]:
+        raise GridError(f"unknown ImageNet method {method!r}; allowed: {', '.join(table['methods'])}")
+    return pair_hparams(table["pairs"], pair, method, table["methods"], method_overrides)
+
+
+def run_spec_dict(table: dict, pair: str, method: str, variant: str, seed: int, data: str,
+                  method_overrides: dict | None = None, **settings) -> dict[str, Any]:
+    """The spec of one ImageNet run; ``settings`` (device, threads, any spec key) override the table."""
+    hparams = method_hparams(table, pair, method, method_overrides)
+    row = table["pairs"][pair]
+    return {"name": f"imagenet/{pair}/{method}/{variant}/seed{seed}", "data": str(data),
+            "teacher_arch": row["teacher"], "teacher_weights": row["teacher_weights"], "arch": row["student"],
+            "pair": pair, "method": method, "variant": variant, "seed": seed, "hparams": hparams,
+            **table["recipe"], **pair_recipe(row, method), **settings}

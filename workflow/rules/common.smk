@@ -1,11 +1,22 @@
-# Helper functions shared by the rules (kept apart from the rules, as Snakemake's linter asks).
-import json
+# The shared objects of the workflow, built once and first (the Snakefile includes this file
+# before the stages). The settled config (coerced, with the schema's defaults, validated, with
+# one-line errors); the CIFAR grid and the ImageNet grid (tables validated, every run's spec
+# built complete); the functions that compute inputs and params.
 import os
 import re
 
+from sortkd.experiment.config import settle
+from sortkd.experiment.grid import Grid, ImageNetGrid
+from sortkd.experiment.specs import VARIANTS
 
-def imagenet_run(w):
-    return IMAGENET.runs_by_path[f"{w.pair}/{w.method}/{w.variant}/seed{w.seed}"]
+config.update(settle(config))
+GRID = Grid(config)
+OUT = GRID.out
+IMAGENET = ImageNetGrid(config, OUT)
+PUBLISHED = config["report"]["published"]
+GPUS = GRID.gpus_per_job
+THREADS = config["compute"]["threads"]
+MEM_MB = config["compute"]["mem_mb"]
 
 
 def never_matches_if_empty(names):
@@ -19,11 +30,27 @@ def prepare_data_args():
         s = d["synthetic"]
         return (f"--source synthetic --num-classes {s['num_classes']} --train-per-class "
                 f"{s['train_per_class']} --test-per-class {s['test_per_class']} --seed {s['seed']}")
-    return "--source cifar100" + (" --download" if d.get("download") else "")
+    return "--source cifar100" + (" --download" if d["download"] else "")
+
+
+def run_path(w):
+    return f"{w.pair}/{w.method}/{w.variant}/seed{w.seed}"
 
 
 def student_run(w):
-    return GRID.student_runs_by_path[f"{w.pair}/{w.method}/{w.variant}/seed{w.seed}"]
+    return GRID.student_runs_by_path[run_path(w)]
+
+
+def student_spec_json(w):
+    return GRID.student_spec(student_run(w)).to_json()
+
+
+def teacher_spec_json(w):
+    return GRID.teacher_spec(w.arch).to_json()
+
+
+def imagenet_spec_json(w):
+    return IMAGENET.spec(IMAGENET.runs_by_path[run_path(w)]).to_json()
 
 
 def student_inputs(w):

@@ -8,9 +8,9 @@ rule imagenet_student:
         summary=f"{IMAGENET.out}/students/{{pair}}/{{method}}/{{variant}}/seed{{seed}}/summary.json",
         provenance=f"{IMAGENET.out}/students/{{pair}}/{{method}}/{{variant}}/seed{{seed}}/provenance.json",
     wildcard_constraints:
-        pair=never_matches_if_empty(IMAGENET.pairs if IMAGENET.enabled else []),
+        pair=never_matches_if_empty(IMAGENET.pairs),
     params:
-        spec=lambda w: json.dumps(IMAGENET.spec_dict(imagenet_run(w)), sort_keys=True),
+        spec=imagenet_spec_json,
         out_dir=lambda w, output: os.path.dirname(output.summary),
         nproc=IMAGENET.gpus_per_run,
         slots=GRID.gpu_slot_args(),
@@ -18,9 +18,9 @@ rule imagenet_student:
         f"{OUT}/logs/imagenet_student/{{pair}}/{{method}}/{{variant}}/seed{{seed}}.log",
     benchmark:
         f"{OUT}/benchmarks/imagenet_student/{{pair}}/{{method}}/{{variant}}/seed{{seed}}.tsv"
-    threads: IMAGENET.section.get("threads", 1)
+    threads: IMAGENET.section["threads"]
     resources:
-        mem_mb=IMAGENET.section.get("mem_mb", MEM_MB),
+        mem_mb=IMAGENET.section["mem_mb"],
         gpu=IMAGENET.gpu_resource,
         nodes=1,
     conda:
@@ -41,7 +41,7 @@ rule imagenet_report:
         deltas=f"{IMAGENET.out}/deltas.csv",
         forest=report(f"{IMAGENET.out}/plots/forest.png", caption="../report/forest.rst", category="ImageNet"),
         wrong_share=f"{IMAGENET.out}/plots/wrong_share_vs_delta.png",
-        curves=[f"{IMAGENET.out}/plots/curves_{p}.png" for p in (IMAGENET.pairs if IMAGENET.enabled else [])],
+        curves=[f"{IMAGENET.out}/plots/curves_{p}.png" for p in IMAGENET.pairs],
     params:
         out_dir=lambda w, output: os.path.dirname(output.runs),
         seeds=" ".join(map(str, IMAGENET.seeds)),

@@ -2,7 +2,6 @@
 
 REPORT_DIR = OUT
 STUDENT_SUMMARIES = [f"{GRID.student_dir(r)}/summary.json" for r in GRID.student_runs()]
-PUBLISHED = config.get("report", {}).get("published")
 
 
 rule report:

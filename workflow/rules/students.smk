@@ -14,7 +14,7 @@ rule student_train:
     wildcard_constraints:
         pair=never_matches_if_empty(GRID.pairs),
     params:
-        spec=lambda w: json.dumps(GRID.student_spec(student_run(w)).to_dict(), sort_keys=True),
+        spec=student_spec_json,
         out_dir=lambda w, output: os.path.dirname(output.summary),
         slots=GRID.gpu_slot_args(),
     log:

@@ -1,6 +1,7 @@
 # Stage 2: each teacher is trained here (source: train) or imported from the public
 # checkpoint archive (source: download). Either way teacher.json records its sha256 and
-# its measured test accuracy before any student uses it.
+# its measured test accuracy before any student uses it. The checkpoints are protected(): a
+# changed input does not silently overwrite a teacher; delete model.pt to redo it.
 
 TRAINED_TEACHERS = GRID.teachers_by_source("train")
 IMPORTED_TEACHERS = GRID.teachers_by_source("download")
@@ -10,8 +11,8 @@ rule download_teachers:
     output:
         config["teacher_archive"]["path"],
     params:
-        url=config["teacher_archive"]["url"],
-        md5=(f"--md5 {config['teacher_archive']['md5']}" if config["teacher_archive"].get("md5") else ""),
+        url=GRID.teacher_archive_url,
+        md5=(f"--md5 {config['teacher_archive']['md5']}" if config["teacher_archive"]["md5"] else ""),
     log:
         f"{OUT}/logs/download_teachers.log",
     benchmark:
@@ -30,7 +31,7 @@ rule teacher_import:
         archive=config["teacher_archive"]["path"],
         data=GRID.data_file,
     output:
-        model=f"{OUT}/teachers/{{arch}}/model.pt",
+        model=protected(f"{OUT}/teachers/{{arch}}/model.pt"),
         info=f"{OUT}/teachers/{{arch}}/teacher.json",
     wildcard_constraints:
         arch=never_matches_if_empty(IMPORTED_TEACHERS),
@@ -57,14 +58,14 @@ rule teacher_train:
     input:
         data=GRID.data_file,
     output:
-        model=f"{OUT}/teachers/{{arch}}/model.pt",
+        model=protected(f"{OUT}/teachers/{{arch}}/model.pt"),
         info=f"{OUT}/teachers/{{arch}}/teacher.json",
         summary=f"{OUT}/teachers/{{arch}}/summary.json",
         provenance=f"{OUT}/teachers/{{arch}}/provenance.json",
     wildcard_constraints:
         arch=never_matches_if_empty(TRAINED_TEACHERS),
     params:
-        spec=lambda w: json.dumps(GRID.teacher_spec(w.arch).to_dict(), sort_keys=True),
+        spec=teacher_spec_json,
         out_dir=lambda w, output: os.path.dirname(output.info),
         slots=GRID.gpu_slot_args(),
     log:
