@@ -130,8 +130,8 @@ def pair_recipe(row: dict, method: str) -> dict[str, Any]:
 
 
 class StudentGrid:
-    """What both grids share: the selection of pairs, methods, variants and seeds, the
-    resolution of hyper-parameters and recipes, and the runs' specs (built eagerly)."""
+    """What both grids share: the selection of pairs, methods, variants and seeds (checked
+    against the tables and the registry), the hyper-parameters of a (pair, method), the runs."""
 
     dataset_key = ""        # where the selection lives in the config ("" = top level)
     out: str
