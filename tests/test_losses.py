@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sortkd import sort_logits
+from sortkd import apply_variant, sort_logits
 from sortkd.losses import (METHODS, GlobalTemperature, compute_loss, cosine_lambda, dkd_loss,
                            gradient_reversal, kd_loss, resolve_hparams, standardize)
 
@@ -90,7 +90,7 @@ def test_standardize_matches_reference(batch):
 def test_lskd_entry_matches_reference(batch, sorted_teacher):
     s, t, y = batch
     variant = "sort" if sorted_teacher else "base"
-    out = compute_loss("lskd", s, t, y, epoch=1, hparams={}, variant=variant)
+    out = compute_loss("lskd", s, t, y, epoch=1, hparams=resolve_hparams("lskd"), variant=variant)
     t_used = sort_logits(t, y) if sorted_teacher else t
     expected_kd = 9.0 * ref_kd(ref_standardize(s.numpy()), ref_standardize(t_used.numpy()), 2.0)
     assert out.terms["kd"].item() == pytest.approx(expected_kd, rel=1e-9)
@@ -107,8 +107,7 @@ def test_sort_before_or_after_standardization_gives_same_loss(batch):
 def test_kd_entry_weights_and_variant(batch):
     s, t, y = batch
     for variant in ("base", "sort", "swap"):
-        out = compute_loss("kd", s, t, y, epoch=1, hparams={}, variant=variant)
-        from sortkd import apply_variant
+        out = compute_loss("kd", s, t, y, epoch=1, hparams=resolve_hparams("kd"), variant=variant)
         t_used = apply_variant(t, y, variant).numpy()
         assert out.terms["kd"].item() == pytest.approx(0.9 * ref_kd(s.numpy(), t_used, 4.0), rel=1e-10)
         assert out.total.item() == pytest.approx(out.terms["ce"].item() + out.terms["kd"].item())
@@ -118,7 +117,7 @@ def test_dkd_entry_warmup(batch):
     s, t, y = batch
     full = dkd_loss(s, t, y, 1.0, 8.0, 4.0).item()
     for epoch, factor in ((1, 1 / 20), (10, 0.5), (20, 1.0), (200, 1.0)):
-        out = compute_loss("dkd", s, t, y, epoch=epoch, hparams={})
+        out = compute_loss("dkd", s, t, y, epoch=epoch, hparams=resolve_hparams("dkd"))
         assert out.terms["dkd"].item() == pytest.approx(factor * full, rel=1e-12)
 
 
@@ -165,7 +164,7 @@ def test_ctkd_entry_temperature_ascends_loss(batch):
     s, t, y = batch
     hp = resolve_hparams("ctkd", {})
     state = METHODS["ctkd"].make_state(hp).double()
-    out = compute_loss("ctkd", s, t, y, epoch=5, hparams={}, state=state)
+    out = compute_loss("ctkd", s, t, y, epoch=5, hparams=hp, state=state)
     T = out.diagnostics["ctkd_temperature"].item()
     assert out.diagnostics["ctkd_lambda"].item() == pytest.approx(-0.5)
     assert out.terms["kd"].item() == pytest.approx(0.9 * ref_kd(s.numpy(), t.numpy(), T), rel=1e-8)
@@ -180,21 +179,46 @@ def test_ctkd_entry_temperature_ascends_loss(batch):
 
 # ---- registry ------------------------------------------------------------------------------
 
-def test_registry_has_core_methods_and_errors(batch):
+def test_registry_errors(batch):
     s, t, y = batch
-    assert {"kd", "dkd", "ctkd", "lskd", "vanilla"} <= set(METHODS)
+    hp = resolve_hparams("kd")
     with pytest.raises(ValueError, match="unknown method 'kdd'.*allowed: .*ctkd"):
-        compute_loss("kdd", s, t, y, epoch=1, hparams={})
+        compute_loss("kdd", s, t, y, epoch=1, hparams=hp)
     with pytest.raises(ValueError, match="no hyper-parameter 'temp'.*allowed"):
         resolve_hparams("kd", {"temp": 4})
     with pytest.raises(ValueError, match="allowed: base, sort, swap"):
-        compute_loss("kd", s, t, y, epoch=1, hparams={}, variant="sorted")
+        compute_loss("kd", s, t, y, epoch=1, hparams=hp, variant="sorted")
+    with pytest.raises(ValueError, match="needs teacher logits"):
+        compute_loss("kd", s, None, y, epoch=1, hparams=hp)
+    with pytest.raises(ValueError, match="no teacher, so variant 'sort'"):
+        compute_loss("vanilla", s, None, y, epoch=1, hparams={}, variant="sort")
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd", "ctkd"])
+def test_compute_loss_does_not_resolve(batch, name):
+    """compute_loss takes complete hyper-parameters; a missing one is a one-line error."""
+    s, t, y = batch
+    hp = resolve_hparams(name)
+    missing = sorted(hp)[0]
+    del hp[missing]
+    state = METHODS[name].make_state(resolve_hparams(name))
+    with pytest.raises(ValueError, match=rf"hyper-parameter '{missing}' is missing; .*resolve_hparams"):
+        compute_loss(name, s, t, y, epoch=1, hparams=hp, state=state.double() if state else None)
+
+
+def test_resolve_hparams_precedence():
+    assert resolve_hparams("kd") == {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
+    assert resolve_hparams("kd", {"temperature": 3}) == {"temperature": 3, "ce_weight": 0.1, "kd_weight": 0.9}
+    with pytest.raises(TypeError):
+        METHODS["kd"].defaults["temperature"] = 1.0  # read-only: no run can change another's defaults
 
 
 def test_variant_applied_only_to_teacher(batch):
     s, t, y = batch
-    base = compute_loss("kd", s, t, y, 1, {}, "base")
-    srt = compute_loss("kd", s, t, y, 1, {}, "sort")
+    hp = resolve_hparams("kd")
+    base = compute_loss("kd", s, t, y, 1, hp, "base")
+    srt = compute_loss("kd", s, t, y, 1, hp, "sort")
     assert base.terms["ce"].item() == srt.terms["ce"].item()
     wrong = (t.argmax(1) != y).any()
     assert wrong and base.terms["kd"].item() != srt.terms["kd"].item()
+
