@@ -25,9 +25,10 @@ from sortkd.losses.ctkd import GlobalTemperature, cosine_lambda, gradient_revers
 from sortkd.losses.dkd import dkd_loss  # noqa: E402
 from sortkd.losses.kd import kd_loss  # noqa: E402
 from sortkd.losses.lskd import standardize  # noqa: E402
+from sortkd.losses.mlkd import mlkd_loss  # noqa: E402
 
 __all__ = [
-    "GlobalTemperature", "cosine_lambda", "gradient_reversal", "dkd_loss", "kd_loss",
+    "GlobalTemperature", "cosine_lambda", "gradient_reversal", "dkd_loss", "kd_loss", "mlkd_loss",
     "METHODS", "VIEWS", "LossOutput", "Method", "compute_loss", "get_method", "register",
     "resolve_hparams", "standardize",
 ]
