@@ -10,7 +10,7 @@ __all__ = ["sort_logits", "swap_logits", "apply_variant", "__version__"]
 
 def __getattr__(name):
     if name in ("sort_logits", "swap_logits", "apply_variant"):
-        from sortkd import transform
+        from sortkd import sorting
 
-        return getattr(transform, name)
+        return getattr(sorting, name)
     raise AttributeError(f"module 'sortkd' has no attribute {name!r}")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from sortkd.experiment.specs import VARIANTS
-
 
 def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
     if logits.dim() != 2:
@@ -72,4 +70,7 @@ def apply_variant(logits: torch.Tensor, target: torch.Tensor, variant: str) -> t
         return sort_logits(logits, target)
     if variant == "swap":
         return swap_logits(logits, target)
+    # Imported here: the spec module pulls in the model zoo, which a user of the sort never needs.
+    from sortkd.experiment.specs import VARIANTS
+
     raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")

@@ -127,3 +127,16 @@ def test_sort_statistics_unchanged():
         assert torch.allclose(ent(p), ent(q), atol=1e-12)
     assert torch.allclose(z.logsumexp(1), out.logsumexp(1), atol=1e-12)
     np.testing.assert_allclose(z.std(1).numpy(), out.std(1).numpy(), atol=1e-12)
+
+
+def test_top_level_import_is_lazy():
+    """``import sortkd`` loads no torch (the CLI takes a GPU slot first), and the sort needs only torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sortkd; assert 'torch' not in sys.modules, 'torch'; "
+            "from sortkd import sort_logits, swap_logits; import torch; "
+            "assert sort_logits.__module__ == 'sortkd.sorting'; "
+            "assert 'torchvision' not in sys.modules and 'sortkd.experiment.specs' not in sys.modules, 'heavy'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

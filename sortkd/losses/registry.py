@@ -1,37 +1,66 @@
-"""Registry of training methods.
+"""The method registry: the ``Method`` base class, the ``register`` decorator and ``compute_loss``.
 
-An entry turns (student logits, teacher logits, labels, per-epoch schedule values,
-hyper-parameters) into named, already weighted loss terms. The run's variant
-(base / sort / swap) is applied to the teacher logits in ``compute_loss`` only,
-so every method gets it the same way. Adding a method is one ``register`` call.
+A method is one module of this package holding one (or a few) ``Method`` subclasses, each
+decorated with ``@register``; ``import sortkd.losses`` imports every module of the package,
+so a new file is all a new method needs. A method turns (student logits, teacher logits,
+labels, hyper-parameters, per-epoch schedule values, optional learnable state) into named,
+already weighted loss terms. The run's variant (base / sort / swap) is applied to the teacher
+logits in ``compute_loss`` only, so every method gets it the same way.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from types import MappingProxyType
+from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sortkd.sorting import apply_variant
-from sortkd.losses.ctkd import GlobalTemperature, cosine_lambda
-from sortkd.losses.dkd import dkd_loss
-from sortkd.losses.kd import kd_loss
-from sortkd.losses.standardize import standardize
 
-TermsFn = Callable[..., "tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]"]
+# The image views a method can ask for, per training sample. "weak" is the usual crop + flip;
+# "strong" adds RandAugment + Cutout (sortkd.data.randaugment).
+VIEWS = ("weak", "strong")
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
-@dataclass(frozen=True)
 class Method:
-    name: str
+    """Base class of a registered training method; subclasses set the class attributes below.
+
+    For a single-view method (``views == ("weak",)``) ``terms`` receives the student and
+    teacher logits as [B, C] tensors; for a multi-view method it receives dicts
+    ``{view: [B, C] tensor}`` with exactly the keys of ``views``. ``teacher`` has already been
+    through the run's variant.
+    """
+
+    name: str                       # registry key, used in paths and configs
+    label: str                      # display name in tables and plots, e.g. "KD+LS"
     description: str
-    defaults: Mapping[str, float]
-    terms: TermsFn  # (student, teacher, target, hp, schedule, state) -> (terms, diagnostics)
-    schedule: Callable[[int, Mapping[str, float]], dict[str, float]] = lambda epoch, hp: {}
-    make_state: Callable[[Mapping[str, float]], nn.Module | None] = lambda hp: None
+    defaults: Mapping[str, float]   # every hyper-parameter the method reads, with its default
+    views: tuple[str, ...] = ("weak",)
     needs_teacher: bool = True
+
+    def make_state(self, hp: Mapping[str, float]) -> nn.Module | None:
+        """Learnable loss state trained with the student (e.g. CTKD's temperature), or None."""
+        return None
+
+    def schedule(self, epoch: int, hp: Mapping[str, float]) -> dict[str, float]:
+        """Per-epoch values (epoch counted from 1) handed to ``terms``."""
+        return {}
+
+    def check(self, hp: Mapping[str, float]) -> None:
+        """Reject bad hyper-parameter values with a one-line ValueError (keys are checked already)."""
+
+    def terms(self, student, teacher, target: torch.Tensor, hp: Mapping[str, float],
+              schedule: Mapping[str, float | torch.Tensor], state: nn.Module | None
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(named weighted loss terms, diagnostics); the total is the sum of the terms."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<method {self.name!r} ({self.label})>"
 
 
 @dataclass
@@ -47,11 +76,35 @@ class LossOutput:
 METHODS: dict[str, Method] = {}
 
 
-def register(method: Method) -> Method:
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: instantiate ``cls`` and add it to ``METHODS`` under ``cls.name``."""
+    method = cls()
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    for attr in ("name", "label", "description", "defaults"):
+        if not hasattr(method, attr):
+            raise TypeError(f"method class {where} does not set {attr!r}")
+    if not isinstance(method.name, str) or not _NAME.fullmatch(method.name):
+        raise ValueError(f"method class {where}: name {method.name!r} must match {_NAME.pattern}")
     if method.name in METHODS:
-        raise ValueError(f"method {method.name!r} is already registered")
+        raise ValueError(f"method {method.name!r} is already registered "
+                         f"(by {type(METHODS[method.name]).__module__})")
+    taken = {m.label: m.name for m in METHODS.values()}
+    if method.label in taken:
+        raise ValueError(f"method {method.name!r}: label {method.label!r} is already used by "
+                         f"{taken[method.label]!r}")
+    views = tuple(method.views)
+    if not views or views[0] != "weak" or len(set(views)) != len(views) or set(views) - set(VIEWS):
+        raise ValueError(f"method {method.name!r}: views {views!r} must start with 'weak' and hold "
+                         f"distinct views out of {', '.join(VIEWS)}")
+    for key, value in method.defaults.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"method {method.name!r}: default {key}={value!r} is not a number "
+                             f"(configs and schemas carry numbers only)")
+    method.views = views
+    # Read-only, so no caller can change the defaults of every later run by accident.
+    method.defaults = MappingProxyType(dict(method.defaults))
     METHODS[method.name] = method
-    return method
+    return cls
 
 
 def get_method(name: str) -> Method:
@@ -62,7 +115,10 @@ def get_method(name: str) -> Method:
 
 
 def resolve_hparams(name: str, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
-    """The method's defaults updated by ``overrides``; an unknown key is an error."""
+    """The method's defaults updated by ``overrides``; an unknown key or a bad value is an error.
+
+    Called once per run when the grid builds its spec; ``compute_loss`` takes the result as is.
+    """
     method = get_method(name)
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(method.defaults))
@@ -71,117 +127,56 @@ def resolve_hparams(name: str, overrides: Mapping[str, float] | None = None) -> 
             f"method {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
             f"allowed: {', '.join(sorted(method.defaults))}"
         )
-    return {**method.defaults, **overrides}
+    hp = {**method.defaults, **overrides}
+    method.check(hp)
+    return hp
 
 
-def compute_loss(name: str, student: torch.Tensor, teacher: torch.Tensor | None,
-                 target: torch.Tensor, epoch: int, hparams: Mapping[str, float],
-                 variant: str = "base", state: nn.Module | None = None,
+def _missing_hparam(method: Method, hparams: Mapping, error: KeyError) -> Exception:
+    key = error.args[0] if error.args else None
+    if key in method.defaults and key not in hparams:
+        return ValueError(f"method {method.name!r}: hyper-parameter {key!r} is missing; pass the "
+                          f"complete dict from resolve_hparams({method.name!r}, overrides)")
+    return error
+
+
+def compute_loss(name: str, student, teacher, target: torch.Tensor, epoch: int,
+                 hparams: Mapping[str, float], variant: str = "base", state: nn.Module | None = None,
                  schedule: Mapping[str, float | torch.Tensor] | None = None) -> LossOutput:
     """Named loss terms of method ``name`` at ``epoch`` (1-based).
 
-    ``schedule`` overrides the per-epoch values (e.g. device tensors inside a
-    CUDA graph); by default they are computed from ``epoch``.
+    ``hparams`` must be complete (``resolve_hparams``): nothing is filled in here.
+    ``student`` and ``teacher`` are [B, C] logits, or dicts ``{view: logits}`` for a method with
+    several views; the variant is applied to every teacher view. ``schedule`` overrides the
+    per-epoch values (e.g. device tensors inside a CUDA graph); by default they come from ``epoch``.
     """
     method = get_method(name)
-    hp = resolve_hparams(name, hparams)
-    if schedule is None:
-        schedule = method.schedule(epoch, hp)
+    multi_view = len(method.views) > 1
+    if multi_view:
+        _check_views(method, "student", student)
     if method.needs_teacher:
         if teacher is None:
             raise ValueError(f"method {name!r} needs teacher logits")
-        teacher = apply_variant(teacher, target, variant)
+        if multi_view:
+            _check_views(method, "teacher", teacher)
+            teacher = {view: apply_variant(logits, target, variant) for view, logits in teacher.items()}
+        else:
+            teacher = apply_variant(teacher, target, variant)
     elif variant != "base":
         raise ValueError(f"method {name!r} has no teacher, so variant {variant!r} means nothing")
-    terms, diagnostics = method.terms(student, teacher, target, hp, schedule, state)
+    # A missing key surfaces as a KeyError inside the method: turned into a clear error here,
+    # at no cost on the normal path.
+    try:
+        if schedule is None:
+            schedule = method.schedule(epoch, hparams)
+        terms, diagnostics = method.terms(student, teacher, target, hparams, schedule, state)
+    except KeyError as error:
+        raise _missing_hparam(method, hparams, error) from None
     return LossOutput(terms, diagnostics)
 
 
-def _ce(student, target):
-    return F.cross_entropy(student, target)
-
-
-# --- the entries -----------------------------------------------------------
-
-def _vanilla_terms(student, teacher, target, hp, schedule, state):
-    return {"ce": _ce(student, target)}, {}
-
-
-def _kd_terms(student, teacher, target, hp, schedule, state):
-    return {
-        "ce": hp["ce_weight"] * _ce(student, target),
-        "kd": hp["kd_weight"] * kd_loss(student, teacher, hp["temperature"]),
-    }, {}
-
-
-def _dkd_schedule(epoch, hp):
-    return {"warmup": min(epoch / hp["warmup"], 1.0) if hp["warmup"] > 0 else 1.0}
-
-
-def _dkd_terms(student, teacher, target, hp, schedule, state):
-    kd = dkd_loss(student, teacher, target, hp["alpha"], hp["beta"], hp["temperature"])
-    return {"ce": hp["ce_weight"] * _ce(student, target), "dkd": schedule["warmup"] * kd}, {}
-
-
-def _ctkd_schedule(epoch, hp):
-    return {"lambda": cosine_lambda(epoch, int(hp["lambda_epochs"]), hp["lambda_min"], hp["lambda_max"])}
-
-
-def _ctkd_state(hp):
-    return GlobalTemperature(hp["init"], hp["t_min"], hp["t_range"])
-
-
-def _ctkd_temperature(state, schedule):
-    if state is None:
-        raise ValueError("CTKD needs its GlobalTemperature state (Method.make_state)")
-    return state(schedule["lambda"])
-
-
-def _ctkd_terms(student, teacher, target, hp, schedule, state):
-    temperature = _ctkd_temperature(state, schedule)
-    terms = {
-        "ce": hp["ce_weight"] * _ce(student, target),
-        "kd": hp["kd_weight"] * kd_loss(student, teacher, temperature),
-    }
-    return terms, {"ctkd_temperature": temperature.detach(),
-                   "ctkd_lambda": torch.as_tensor(schedule["lambda"])}
-
-
-def _lskd_terms(student, teacher, target, hp, schedule, state):
-    kd = kd_loss(standardize(student), standardize(teacher), hp["temperature"])
-    return {"ce": hp["ce_weight"] * _ce(student, target), "kd": hp["kd_weight"] * kd}, {}
-
-
-def _dkd_ls_terms(student, teacher, target, hp, schedule, state):
-    w = hp["weight"]
-    kd = dkd_loss(standardize(student), standardize(teacher), target,
-                  hp["alpha"] * w, hp["beta"] * w, hp["temperature"])
-    return {"ce": hp["ce_weight"] * _ce(student, target), "dkd": schedule["warmup"] * kd}, {}
-
-
-def _dkd_ctkd_terms(student, teacher, target, hp, schedule, state):
-    temperature = _ctkd_temperature(state, schedule)
-    kd = dkd_loss(student, teacher, target, hp["alpha"], hp["beta"], temperature)
-    return {"ce": hp["ce_weight"] * _ce(student, target), "dkd": kd}, {
-        "ctkd_temperature": temperature.detach(), "ctkd_lambda": torch.as_tensor(schedule["lambda"])}
-
-
-_CTKD_DEFAULTS = {"init": 1.0, "t_min": 1.0, "t_range": 20.0,
-                  "lambda_min": -1.0, "lambda_max": 0.0, "lambda_epochs": 10}
-
-register(Method("vanilla", "cross-entropy only (teachers)", {}, _vanilla_terms, needs_teacher=False))
-register(Method("kd", "Hinton KD", {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}, _kd_terms))
-register(Method("dkd", "Decoupled KD",
-                {"temperature": 4.0, "ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "warmup": 20},
-                _dkd_terms, schedule=_dkd_schedule))
-register(Method("ctkd", "KD with a curriculum (global, learnable) temperature",
-                {"ce_weight": 0.1, "kd_weight": 0.9, **_CTKD_DEFAULTS},
-                _ctkd_terms, schedule=_ctkd_schedule, make_state=_ctkd_state))
-register(Method("lskd", "KD on standardized logits",
-                {"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 9.0}, _lskd_terms))
-register(Method("dkd_ls", "DKD on standardized logits (α, β scaled by weight)",
-                {"temperature": 2.0, "weight": 9.0, "ce_weight": 1.0, "alpha": 1.0, "beta": 8.0,
-                 "warmup": 20}, _dkd_ls_terms, schedule=_dkd_schedule))
-register(Method("dkd_ctkd", "DKD with the curriculum temperature",
-                {"ce_weight": 1.0, "alpha": 1.0, "beta": 2.0, **_CTKD_DEFAULTS},
-                _dkd_ctkd_terms, schedule=_ctkd_schedule, make_state=_ctkd_state))
+def _check_views(method: Method, role: str, logits) -> None:
+    if not isinstance(logits, Mapping) or tuple(sorted(logits)) != tuple(sorted(method.views)):
+        got = sorted(logits) if isinstance(logits, Mapping) else type(logits).__name__
+        raise ValueError(f"method {method.name!r} takes {role} logits as a dict with the views "
+                         f"{', '.join(method.views)}; got {got}")
