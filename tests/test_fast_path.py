@@ -89,7 +89,8 @@ def test_bf16_student_is_channels_last_and_its_forward_is_bf16(demo_data, demo_t
 # --- device placement -------------------------------------------------------------------------
 
 class DevicePlacement(TorchDispatchMode):
-    """Records every op whose tensors are not all on ``device``, and every read back to the host.
+    """Records every op whose tensors are not all on ``device``, every read back to the host and
+    every copy from the host (each of the three is a host sync per step on CUDA, or an error).
 
     0-dim CPU tensors are allowed as inputs: CUDA takes them as scalars (a Python number, say).
     """
@@ -115,6 +116,11 @@ class DevicePlacement(TorchDispatchMode):
         if func is torch.ops.aten._to_copy.default and on_device and kwargs.get("device", self.device) != self.device:
             self.problems.append(f"{func}: a copy to {kwargs['device']}")
             return func(*args, **kwargs)
+        source = args[0] if func is torch.ops.aten._to_copy.default else args[1] if func is torch.ops.aten.copy_.default else None
+        target = kwargs.get("device") if func is torch.ops.aten._to_copy.default else args[0].device if source is not None else None
+        if source is not None and source.device.type == "cpu" and target == self.device:
+            # On CUDA a copy from pageable host memory waits for the stream: a host sync per step.
+            self.problems.append(f"{func}: a host-to-device copy of {list(source.shape)}")
         out = func(*args, **kwargs)
         outputs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
         # A CPU result of an op with device inputs is a copy to the host, 0-dim or not.
@@ -130,10 +136,12 @@ def test_the_placement_check_sees_mixed_devices_and_host_reads():
         x[torch.arange(4)]                               # a CPU index on a device tensor
         torch.randperm(8, generator=torch.Generator())   # a draw made on the CPU
         x + torch.tensor(1.0)                            # a CPU scalar: fine on CUDA
+        torch.tensor(1.0).to(META)                       # a copy from the host
         with pytest.raises(NotImplementedError):         # meta tensors hold no data to copy ...
             x.sum().cpu()                                # ... but the copy to the host is seen first
     assert check.problems == ["aten.arange.default: outputs on ['cpu[4]']", "aten.index.Tensor: inputs on ['cpu[4]']",
-                              "aten.randperm.generator: outputs on ['cpu[8]']", "aten._to_copy.default: a copy to cpu"]
+                              "aten.randperm.generator: outputs on ['cpu[8]']",
+                              "aten._to_copy.default: a host-to-device copy of []", "aten._to_copy.default: a copy to cpu"]
 
 
 def run_checked_step(trainer, fetch_inside: bool) -> list[str]:

@@ -18,7 +18,8 @@ from sortkd.training.distributed import Ranks, broadcast_buffers, init_ranks
 from sortkd.data.imagenet import ImageNetLayoutError, scan_imagenet
 from sortkd.data.imagenet_input import (EncodedTrainImages, EncodedValImages, collate_encoded,
                                         gpu_decode_available, train_batch_on_device, val_batch_on_device)
-from sortkd.data.imagenet_input import ImageNetInput, TrainImages, ValImages, normalize_batch
+from sortkd.data.imagenet_input import (ImageNetInput, TrainImages, ValImages, compute_threads, job_threads,
+                                        loader_workers, normalize_batch, process_threads)
 from sortkd.training.imagenet import ImageNetTrainer
 from sortkd.training.launch import torchrun_command
 from sortkd.data.imagenet import RankBatchSampler, ValShardSampler
@@ -196,6 +197,18 @@ def test_loader_workers_deliver_the_same_batches_as_inline_decoding(fake_root):
     assert len(batches[0]) == len(batches[1]) == -(-CLASSES * TRAIN_PER_CLASS // 8)  # the partial batch is kept
     for (x0, y0, i0), (x1, y1, i1) in zip(batches[0], batches[1]):
         assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(i0, i1)
+
+
+def test_threads_and_loader_workers_default_to_the_cpus_of_the_job(fake_root):
+    # threads: null is the GPU default; each of N processes then gets its share of the job's CPUs.
+    spec = ImageNetRunSpec.from_dict(tiny_spec(fake_root, threads=None))
+    cpus = len(os.sched_getaffinity(0))
+    share = max(cpus // 2, 1)
+    on_cpu = Ranks(0, 2, 0, 2, torch.device("cpu"), "gloo")
+    on_gpu = Ranks(1, 2, 1, 2, torch.device("cuda", 1), "nccl")
+    assert job_threads(spec) == cpus and process_threads(spec, on_cpu) == share
+    assert (compute_threads(spec, on_cpu), loader_workers(spec, on_cpu)) == (share, 0)
+    assert (compute_threads(spec, on_gpu), loader_workers(spec, on_gpu)) == (1, share - 1)
 
 
 def test_gpu_decode_path_matches_pil_path(fake_root):

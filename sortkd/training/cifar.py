@@ -60,6 +60,8 @@ class CachedTeacher:
 
 
 class CifarTrainer(Trainer):
+    """``device`` defaults to the spec's; the placement tests pass the "meta" device."""
+
     views = ("weak",)
 
     def __init__(self, spec: RunSpec, out_dir: Path, device: torch.device | None = None):
@@ -67,7 +69,7 @@ class CifarTrainer(Trainer):
             torch.set_num_threads(spec.threads)
         device = resolve_device(spec.device) if device is None else device
         self.data = DeviceCifar(load_arrays(Path(spec.data)), device)
-        self.dataset = spec.dataset
+        self.dataset, self.kind = spec.dataset, spec.kind
         model = build_model(spec, self.data.num_classes).to(device, memory_format=memory_format_for(spec.precision))
         super().__init__(spec, out_dir, device, model)
         self.teacher = self._teacher_source()

@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -180,7 +180,9 @@ class EpochMeter:
             self._add(f"loss_{key}", value * n)
         self._add("loss_total", total * n)
         for key, value in diagnostics.items():
-            self._add(key, value.to(self.device) * n)
+            # A 0-dim CPU value (a schedule number) enters the device sums as a scalar: moving
+            # it with .to(device) would be a synchronizing host-to-device copy on CUDA.
+            self._add(key, value * n)
         self._add("train_correct", (student.argmax(1) == target).sum())
         if teacher is not None:
             self._add("teacher_wrong", (teacher.argmax(1) != target).sum())
@@ -406,13 +408,13 @@ class Batch:
     index: torch.Tensor
     view_ids: torch.Tensor | None = None
     loss_scale: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Trainer:
     """The epoch loop of one run; a dataset entry subclasses it (see the module docstring)."""
 
-    dataset = "?"
+    dataset = "?"                       # summary.json's run.dataset
+    kind = "student"                    # or "teacher" (a vanilla run that trains a teacher)
     views: tuple[str, ...] = ("weak",)  # the views this entry can render
 
     def __init__(self, spec, out_dir: Path, device: torch.device, model: torch.nn.Module,
@@ -450,6 +452,9 @@ class Trainer:
     def evaluation_batches(self):
         raise NotImplementedError
 
+    def samples_per_epoch(self) -> int:
+        raise NotImplementedError
+
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
@@ -480,9 +485,6 @@ class Trainer:
 
     def restore_extras(self, ckpt: dict) -> None:
         pass
-
-    def samples_per_epoch(self) -> int:
-        raise NotImplementedError
 
     def teacher_summary(self) -> dict | None:
         return None
@@ -588,8 +590,7 @@ class Trainer:
         finally:
             if board is not None:
                 board.close()
-        summary = summarize(self.spec, history, self.dataset, getattr(self.spec, "kind", "student"),
-                            self.teacher_summary())
+        summary = summarize(self.spec, history, self.dataset, self.kind, self.teacher_summary())
         if self.is_main:
             self.finish(summary)
             write_json(self.out_dir / SUMMARY, summary)
