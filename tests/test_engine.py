@@ -302,6 +302,11 @@ def test_tensorboard_log_gets_every_epoch_row_and_is_closed(tiny_data, tiny_teac
             super().close()
 
     monkeypatch.setattr(board, "TensorBoardLog", Recording)
-    train_run(student_spec(tiny_data, tiny_teacher, epochs=2, tensorboard=True), tmp_path)
-    assert rows == [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert closed == [True]
+    spec = student_spec(tiny_data, tiny_teacher, epochs=3, tensorboard=True)
+    assert train_run(spec, tmp_path, stop_after_epoch=2) is None
+    first = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == first and closed == [True]
+    # Resumed: the restored epochs are fed again (the log rewrites its curve from them), then epoch 3.
+    train_run(spec, tmp_path)
+    every = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == first + every and closed == [True, True]

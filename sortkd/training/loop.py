@@ -575,6 +575,8 @@ class Trainer:
             from sortkd.training.tensorboard import TensorBoardLog
 
             board = TensorBoardLog(self.out_dir, self.spec.name)
+            for row in history:  # the restored epochs: the curve is rewritten from the checkpoint's rows
+                board.add_epoch(row)
         try:
             for epoch in range(len(history) + 1, self.spec.epochs + 1):
                 row = self._epoch(epoch)
