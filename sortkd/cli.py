@@ -15,20 +15,13 @@ def _add_gpu_slot_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-lock-dir", default=None, help="folder of the slot lock files")
 
 
-def _hold_gpu_slot(args, device: str) -> None:
-    """Take a GPU slot before CUDA starts (a scheduler's CUDA_VISIBLE_DEVICES is kept)."""
+def hold_gpu_slots_for(args, device: str, count: int = 1) -> None:
+    """Take the command's GPU slot(s) before CUDA starts (a scheduler's CUDA_VISIBLE_DEVICES is kept)."""
     if device != "cuda":
         return
-    from sortkd.gpu_slots import hold_gpu_slots
+    from sortkd.gpu_slots import hold_job_gpus
 
-    kwargs = {"devices": args.gpu_devices.split(","), "jobs_per_device": args.jobs_per_device}
-    if args.gpu_lock_dir:
-        kwargs["lock_dir"] = args.gpu_lock_dir
-    lease = hold_gpu_slots(**kwargs)
-    if lease.slots:
-        os.environ["SORTKD_GPU_SLOT"] = ",".join(map(str, lease.slots))
-    print(f"GPU: CUDA_VISIBLE_DEVICES={lease.cuda_visible_devices}"
-          + (" (kept from the scheduler)" if lease.preset else f" (slot {lease.slots})"), flush=True)
+    hold_job_gpus(args.gpu_devices, args.jobs_per_device, args.gpu_lock_dir, count)
 
 
 def _spec_keys_help() -> str:
@@ -36,7 +29,7 @@ def _spec_keys_help() -> str:
 
     from sortkd.experiment.specs import RunSpec
 
-    lines = ["run spec keys (a JSON object; see sortkd/run_spec.py):"]
+    lines = ["run spec keys (a JSON object; see sortkd/experiment/specs.py):"]
     for f in dataclasses.fields(RunSpec):
         if f.default is not dataclasses.MISSING:
             default = f" (default {f.default!r})"
@@ -84,7 +77,7 @@ def cmd_train(args) -> int:
     from sortkd.experiment.specs import RunSpec
 
     spec = RunSpec.from_json(args.spec)
-    _hold_gpu_slot(args, spec.device)
+    hold_gpu_slots_for(args, spec.device)
     from sortkd.training.cifar import train_run
 
     train_run(spec, Path(args.out_dir), stop_after_epoch=args.stop_after_epoch)
@@ -111,7 +104,7 @@ def cmd_import_teacher(args) -> int:
 
 
 def cmd_export_logits(args) -> int:
-    _hold_gpu_slot(args, args.device)
+    hold_gpu_slots_for(args, args.device)
     import torch
 
     from sortkd.data.cifar import load_arrays

@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterator, Sequence
 
 ENV_VAR = "CUDA_VISIBLE_DEVICES"
+SLOT_ENV = "SORTKD_GPU_SLOT"  # the slot numbers a job holds, for its provenance record
 # While waiting, print a progress line at most this often (the logs are plain files).
 WAIT_LOG_INTERVAL_S = 30.0
 _LOG_PREFIX = "[gpu-slots]"
@@ -315,3 +317,27 @@ def release_held_gpu_slots() -> None:
     _release(_held_handles)
     _held_handles.clear()
     _held_lease = None
+
+
+def hold_job_gpus(devices: str | Sequence[str | int], jobs_per_device: int = 1,
+                  lock_dir: str | Path | None = None, count: int = 1,
+                  log: Callable[[str], None] = _print_line) -> SlotLease:
+    """The GPU set-up of one pipeline command: every CUDA command calls this, before CUDA starts.
+
+    Holds `count` slots for the rest of the process (`hold_gpu_slots`; `devices` may be the CLI's
+    comma-separated string), records the slots in SORTKD_GPU_SLOT and prints one line. CUDA reads
+    CUDA_VISIBLE_DEVICES once, when it initialises, so a process that has already initialised
+    CUDA is refused instead of silently using whatever device it started on.
+    """
+    torch = sys.modules.get("torch")  # never imported here: only asked if the caller did
+    if torch is not None and torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised before the GPU slot was taken, so the slot's "
+                           f"{ENV_VAR} cannot take effect; take the slot before any CUDA call")
+    if isinstance(devices, str):
+        devices = devices.split(",")
+    lease = hold_gpu_slots(devices, jobs_per_device, lock_dir, count, log=log)
+    if lease.slots:
+        os.environ[SLOT_ENV] = ",".join(map(str, lease.slots))
+    how = "kept from the scheduler" if lease.preset else f"slot {','.join(map(str, lease.slots))}"
+    log(f"GPU: {ENV_VAR}={lease.cuda_visible_devices} ({how})")
+    return lease

@@ -1,27 +1,34 @@
 """The training engine: paired randomness, exact resume after SIGKILL, outputs, failures."""
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from sortkd import losses
+from sortkd.experiment.specs import RunSpec
+from sortkd.losses import resolve_hparams
 from sortkd.training import cifar as trainer_module
-from sortkd.training.loop import step_lr
-from sortkd.training.cifar import NonFiniteLoss, build_model, train_run
+from sortkd.training.cifar import CifarTrainer, build_model, train_run
+from sortkd.training.loop import NonFiniteLoss, evaluate, float32_forward, precision_record, step_lr, summarize
 from tests.conftest import tiny_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def student_spec(data, teacher_dir, **overrides):
+    """A student spec with complete hparams (method defaults < ``hparams`` overrides), as the grid makes them."""
     base = dict(kind="student", name="test/student", arch="resnet8", teacher_arch="resnet8",
                 teacher_dir=str(teacher_dir), method="kd", variant="base", pair="resnet8-resnet8")
     base.update(overrides)
+    base["hparams"] = resolve_hparams(base["method"], base.get("hparams"))
     return tiny_spec(data, **base)
 
 
@@ -172,3 +179,134 @@ def test_retrained_teacher_has_the_same_checksum(tiny_data, tiny_teacher, tmp_pa
     a = json.loads((tiny_teacher / "teacher.json").read_text())
     b = json.loads((tmp_path / "again" / "teacher.json").read_text())
     assert a["checkpoint_sha256"] == b["checkpoint_sha256"]
+
+
+# --- fidelity: best epoch, fp32 teacher and evaluation ---------------------------------------
+
+def test_a_tie_for_the_best_epoch_goes_to_the_latest_epoch():
+    # mdistiller saves the best checkpoint on >=: of equal accuracies the later epoch wins.
+    history = [{"epoch": e, "test_top1": t1, "test_top5": t5, "epoch_s": 1.0}
+               for e, t1, t5 in ((1, 40.0, 80.0), (2, 55.0, 90.0), (3, 55.0, 91.0), (4, 50.0, 92.0))]
+    spec = tiny_spec("unused.npz", epochs=4)
+    summary = summarize(spec, history, "cifar100", "teacher", None)
+    assert (summary["best_epoch"], summary["best_top1"], summary["best_top5"]) == (3, 55.0, 91.0)
+    assert (summary["final_top1"], summary["final_top5"]) == (50.0, 92.0)
+
+
+def _first_batch_in_bf16(tiny_data, tiny_teacher, tmp_path):
+    trainer = CifarTrainer(student_spec(tiny_data, tiny_teacher, precision="bf16", variant="sort"), tmp_path)
+    return trainer, next(trainer.train_batches(1))
+
+
+def test_online_teacher_gives_fp32_logits_to_a_bf16_student(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    trainer, batch = _first_batch_in_bf16(tiny_data, tiny_teacher, tmp_path)
+    seen = []
+    real = losses.compute_loss
+
+    def recording(name, student, teacher, *args, **kwargs):
+        seen.append((student, teacher))
+        return real(name, student, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(losses, "compute_loss", recording)
+    teacher_model = trainer.teacher.model
+    with torch.no_grad():
+        fp32 = teacher_model(batch.inputs["weak"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = teacher_model(batch.inputs["weak"]).float()
+    assert not torch.equal(fp32, bf16)  # bf16 would have moved the teacher's logits
+    _, schedule, meter = trainer.open_epoch(1)
+    trainer.train_step(0, 1, batch, schedule, meter)
+    (student, teacher), = seen
+    assert teacher.dtype == torch.float32 and torch.equal(teacher, fp32)
+    assert student.dtype == torch.float32  # the bf16 forward's logits, upcast for the loss
+    # Called from inside the student's autocast too, the teacher stays in fp32.
+    with trainer.autocast():
+        assert torch.equal(trainer.teacher_logits(batch, "weak"), fp32)
+
+
+def test_test_evaluation_is_fp32_under_a_bf16_student(tiny_data, tiny_teacher, tmp_path):
+    trainer, batch = _first_batch_in_bf16(tiny_data, tiny_teacher, tmp_path)
+    dtypes = []
+    trainer.model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    with trainer.autocast():
+        trainer.forward_model(batch.inputs["weak"])
+    assert dtypes == [torch.bfloat16]
+    result = trainer.evaluate()
+    assert dtypes[1:] == [torch.float32]
+    assert result == evaluate(trainer.model, trainer.data.test_x, trainer.data.test_y)
+
+
+def test_teacher_forward_switches_tf32_off_on_cuda_and_restores_it():
+    # Flags only: they can be set without a GPU. TF32 rounds matmul inputs to 10 mantissa bits.
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "CUDA is not available": autocast is off anyway
+            with float32_forward(torch.device("cuda")) as on_entry:
+                assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert on_entry == {"matmul": True, "cudnn": True}
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        record = precision_record(torch.device("cuda"), "bf16")
+        assert record["teacher_tf32"] is False and record["student_tf32_cudnn"] is True
+        assert record["teacher_forward"] == record["evaluation"] == "fp32"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_a_method_needing_a_view_the_trainer_cannot_render_fails_at_start(tiny_data, tiny_teacher, tmp_path,
+                                                                         monkeypatch):
+    real = losses.get_method
+
+    class StrongViewToo:  # the method, asking for a strong view of each sample as well (as MLKD will)
+        views = ("weak", "strong")
+
+        def __init__(self, name):
+            self.inner = real(name)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(losses, "get_method", StrongViewToo)
+    with pytest.raises(ValueError, match=r"method 'kd' needs the view\(s\) strong, but the cifar100 trainer "
+                                         r"supplies only weak"):
+        train_run(student_spec(tiny_data, tiny_teacher, teacher_logits="online"), tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_the_log_starts_with_the_resolved_settings(tiny_data, tiny_teacher, tmp_path, capsys):
+    spec = student_spec(tiny_data, tiny_teacher, method="dkd", variant="sort", epochs=1)
+    train_run(spec, tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("[test/student] settings: method dkd (" + getattr(losses.get_method("dkd"), "label", "dkd")
+                        + "), variant sort, hparams alpha=1.0, beta=8.0, ce_weight=1.0, temperature=4.0, warmup=20")
+    assert lines[1].startswith("[test/student]   recipe: epochs 1, batch 16, lr 0.05 (x0.1 after epochs 1)")
+    assert lines[2].startswith("[test/student]   precision exact (student forward fp32; teacher and evaluation "
+                               "fp32), device cpu") and lines[2].endswith("teacher logits online")
+    assert lines[3].startswith("[test/student] epoch 1/1")
+
+
+def test_tensorboard_log_gets_every_epoch_row_and_is_closed(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    board = pytest.importorskip("sortkd.training.tensorboard")
+    if "tensorboard" not in {f.name for f in dataclasses.fields(RunSpec)}:
+        pytest.skip("RunSpec has no tensorboard field yet (the spec owner's change)")
+    rows, closed = [], []
+
+    class Recording(board.TensorBoardLog):
+        def add_epoch(self, row):
+            rows.append(row)
+            super().add_epoch(row)
+
+        def close(self):
+            closed.append(True)
+            super().close()
+
+    monkeypatch.setattr(board, "TensorBoardLog", Recording)
+    spec = student_spec(tiny_data, tiny_teacher, epochs=3, tensorboard=True)
+    assert train_run(spec, tmp_path, stop_after_epoch=2) is None
+    first = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == first and closed == [True]
+    # Resumed: the restored epochs are fed again (the log rewrites its curve from them), then epoch 3.
+    train_run(spec, tmp_path)
+    every = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == first + every and closed == [True, True]

@@ -226,3 +226,38 @@ def test_invalid_configuration_is_rejected(no_preset, tmp_path, kwargs, message)
     with pytest.raises(ValueError, match=message):
         with acquire_gpu_slots(lock_dir=tmp_path / "locks", **kwargs):
             pass
+
+
+# --- the one GPU set-up of every CUDA command ---------------------------------------------------
+
+@pytest.fixture
+def no_slot_env(monkeypatch):
+    monkeypatch.delenv(gpu_slots.SLOT_ENV, raising=False)
+    yield
+    gpu_slots.release_held_gpu_slots()
+
+
+def test_a_command_takes_its_slots_records_them_and_says_so(no_preset, no_slot_env, tmp_path):
+    lines = []
+    lease = gpu_slots.hold_job_gpus("5,6", jobs_per_device=1, lock_dir=tmp_path / "locks", count=2, log=lines.append)
+    assert lease.slots == (0, 1) and lease.devices == ("5", "6")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5,6" and os.environ[gpu_slots.SLOT_ENV] == "0,1"
+    assert lines[-1] == "GPU: CUDA_VISIBLE_DEVICES=5,6 (slot 0,1)"
+
+
+def test_a_command_keeps_the_schedulers_devices(monkeypatch, no_slot_env, tmp_path):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    lines = []
+    lease = gpu_slots.hold_job_gpus("0", lock_dir=tmp_path / "locks", log=lines.append)
+    assert lease.preset and gpu_slots.SLOT_ENV not in os.environ
+    assert lines[-1] == "GPU: CUDA_VISIBLE_DEVICES=3 (kept from the scheduler)"
+    assert not (tmp_path / "locks").exists()
+
+
+def test_a_command_that_already_started_cuda_is_refused(no_preset, no_slot_env, tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    # CUDA reads CUDA_VISIBLE_DEVICES once, at its start: a slot taken later would not apply.
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="CUDA was initialised before the GPU slot was taken"):
+        gpu_slots.hold_job_gpus("0", lock_dir=tmp_path / "locks", log=lambda _: None)
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ and not (tmp_path / "locks").exists()

@@ -7,28 +7,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
 
 from sortkd.cli import main
 from sortkd.models import imagenet as models
-from sortkd.training.distributed import init_ranks
+from sortkd.training.distributed import Ranks, broadcast_buffers, init_ranks
 from sortkd.data.imagenet import ImageNetLayoutError, scan_imagenet
 from sortkd.data.imagenet_input import (EncodedTrainImages, EncodedValImages, collate_encoded,
                                         gpu_decode_available, train_batch_on_device, val_batch_on_device)
-from sortkd.data.imagenet_input import TrainImages, ValImages
-from sortkd.data.imagenet_input import ImageNetInput
+from sortkd.data.imagenet_input import (ImageNetInput, TrainImages, ValImages, compute_threads, job_threads,
+                                        loader_workers, normalize_batch, process_threads)
+from sortkd.training.imagenet import ImageNetTrainer
 from sortkd.training.launch import torchrun_command
 from sortkd.data.imagenet import RankBatchSampler, ValShardSampler
 from sortkd.experiment.specs import ImageNetRunSpec
 from sortkd.experiment.grid import load_table, method_hparams, run_spec_dict
 from sortkd.data.imagenet import RATIO, SCALE, train_view
-from sortkd.losses import get_method
+from sortkd.losses import METHODS, compute_loss, get_method
+from sortkd.seeding import epoch_order
 from tests.fake_imagenet import make_fake_imagenet, wnid
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 8, 4
+# 21 training images: global batches of 8 leave a last partial batch of 5 (3 + 2 on two ranks).
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 7, 4
 # Values that must not differ between 1 and N processes beyond float rounding.
 COMPARED = ("loss_total", "loss_ce", "loss_kd", "train_top1", "test_top1", "test_top5", "teacher_wrong_frac")
 
@@ -39,12 +43,16 @@ def fake_root(tmp_path_factory):
 
 
 def tiny_spec(root, **overrides) -> dict:
-    # 64 px keeps the last feature maps at 2x2: at 32 px they are 1x1 and batch norm over a
-    # handful of values amplifies float rounding so much that no two runs agree after a few steps.
+    # A from-scratch ResNet-18 with batch norm over a few images is chaotic in float32: one ReLU
+    # flipped by rounding changes the early layers' gradients by ~0.4 %, and at lr 1e-3 the
+    # trajectories of two runs equal up to summation order separate ~30x per step (1 process with
+    # 2 threads differed from itself by 7e-3 after 6 steps). At lr 1e-4 they stay within ~1e-6,
+    # while a gradient twice too large or a missing loss scale still moves the weights 100-1000x
+    # past the tolerances of the comparisons below. 64 px keeps the last feature maps at 2x2.
     spec = dict(name="test/imagenet", data=str(root), teacher_arch="resnet18", teacher_weights="none",
                 arch="resnet18", method="kd", variant="sort",
                 hparams={"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5},
-                epochs=2, batch_size=8, lr=0.001, lr_milestones=[1], image_size=64, threads=1)
+                epochs=2, batch_size=8, lr=1e-4, lr_milestones=[1], image_size=64, threads=1, sync_bn=True)
     spec.update(overrides)
     return spec
 
@@ -121,7 +129,7 @@ def test_train_views_come_from_seed_epoch_and_index_only():
 
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_rank_batches_together_are_the_single_process_batch(world_size):
-    num_samples, global_batch = 50, 8  # 6 full global batches; the last 2 samples are dropped
+    num_samples, global_batch = 50, 8  # 6 full global batches and a last partial one of 2, kept
     single = RankBatchSampler(num_samples, global_batch, 0, 1, seed=3)
     ranks = [RankBatchSampler(num_samples, global_batch, r, world_size, seed=3) for r in range(world_size)]
     seen_orders = []
@@ -130,24 +138,53 @@ def test_rank_batches_together_are_the_single_process_batch(world_size):
             sampler.set_epoch(epoch)
         one = list(single)
         per_rank = [list(sampler) for sampler in ranks]
-        assert len(one) == 6 and all(len(batches) == 6 for batches in per_rank)
+        assert len(one) == 7 and [len(b) for b in one] == [8] * 6 + [2]
         for step, batch in enumerate(one):
-            assert all(len(batches[step]) == global_batch // world_size for batches in per_rank)
-            assert sorted(k for batches in per_rank for k in batches[step]) == sorted(batch)
+            shares = [batches[step] if step < len(batches) else [] for batches in per_rank]
+            # Contiguous parts of the global batch, in rank order, sizes differing by at most one.
+            assert [k for share in shares for k in share] == batch
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
             assert all(e == epoch for e, _ in batch)
+        # Four ranks: ranks 2 and 3 get no share of the last batch of 2.
+        assert [len(batches) for batches in per_rank] == ([7, 7] if world_size == 2 else [7, 7, 6, 6])
         indices = [i for batch in one for _, i in batch]
-        assert len(set(indices)) == 48
+        assert sorted(indices) == list(range(num_samples))
         seen_orders.append(indices)
     assert seen_orders[0] != seen_orders[1]
+    assert [r.samples_per_epoch for r in ranks] == [num_samples] * world_size
     capped = RankBatchSampler(num_samples, global_batch, 0, world_size, seed=3, max_steps=2)
     capped.set_epoch(1)
-    assert len(list(capped)) == 2
+    assert len(list(capped)) == 2 and capped.samples_per_epoch == 16
     with pytest.raises(ValueError, match="not divisible by the number of processes 3"):
         RankBatchSampler(num_samples, global_batch, 0, 3, seed=3)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         RankBatchSampler(5, global_batch, 0, 1, seed=3)
     shards = [list(ValShardSampler(11, 2, r, world_size)) for r in range(world_size)]
     assert sorted(i for shard in shards for batch in shard for i in batch) == list(range(11))
+
+
+@pytest.mark.parametrize("num_samples, global_batch, world_size", [(21, 8, 2), (50, 8, 4), (21, 10, 2), (61, 12, 4)])
+def test_loss_scales_make_the_process_average_the_global_batch_mean(num_samples, global_batch, world_size):
+    # DDP averages the processes' gradients: sum_r scale_r * mean_r / W must be the mean over the
+    # global batch, for every step, whatever the shares. Checked on float64 per-sample values.
+    values = torch.randn(num_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    samplers = [RankBatchSampler(num_samples, global_batch, r, world_size, seed=1) for r in range(world_size)]
+    for sampler in samplers:
+        sampler.set_epoch(1)
+    batches = [list(sampler) for sampler in samplers]
+    single = RankBatchSampler(num_samples, global_batch, 0, 1, seed=1)
+    single.set_epoch(1)
+    for step, batch in enumerate(single):
+        averaged = torch.zeros((), dtype=torch.float64)
+        for sampler, rank_batches in zip(samplers, batches):
+            if step < len(rank_batches):
+                scale = sampler.loss_scale(step)
+                local = values[[i for _, i in rank_batches[step]]].mean()
+                averaged += (1.0 if scale is None else scale) * local / world_size
+        expected = values[[i for _, i in batch]].mean()
+        torch.testing.assert_close(averaged, expected, rtol=1e-12, atol=0)
+        if len(batch) == global_batch:
+            assert all(sampler.loss_scale(step) is None for sampler in samplers)
 
 
 def test_loader_workers_deliver_the_same_batches_as_inline_decoding(fake_root):
@@ -157,9 +194,21 @@ def test_loader_workers_deliver_the_same_batches_as_inline_decoding(fake_root):
     for workers in (0, 1):
         spec = ImageNetRunSpec.from_dict(tiny_spec(fake_root, image_size=32, loader_workers=workers))
         batches[workers] = list(ImageNetInput(folder, spec, ranks).train_batches(epoch=1))
-    assert len(batches[0]) == len(batches[1]) == CLASSES * TRAIN_PER_CLASS // 8
+    assert len(batches[0]) == len(batches[1]) == -(-CLASSES * TRAIN_PER_CLASS // 8)  # the partial batch is kept
     for (x0, y0, i0), (x1, y1, i1) in zip(batches[0], batches[1]):
         assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(i0, i1)
+
+
+def test_threads_and_loader_workers_default_to_the_cpus_of_the_job(fake_root):
+    # threads: null is the GPU default; each of N processes then gets its share of the job's CPUs.
+    spec = ImageNetRunSpec.from_dict(tiny_spec(fake_root, threads=None))
+    cpus = len(os.sched_getaffinity(0))
+    share = max(cpus // 2, 1)
+    on_cpu = Ranks(0, 2, 0, 2, torch.device("cpu"), "gloo")
+    on_gpu = Ranks(1, 2, 1, 2, torch.device("cuda", 1), "nccl")
+    assert job_threads(spec) == cpus and process_threads(spec, on_cpu) == share
+    assert (compute_threads(spec, on_cpu), loader_workers(spec, on_cpu)) == (share, 0)
+    assert (compute_threads(spec, on_gpu), loader_workers(spec, on_gpu)) == (1, share - 1)
 
 
 def test_gpu_decode_path_matches_pil_path(fake_root):
@@ -242,9 +291,8 @@ def test_imagenet_table_holds_the_paper_recipe_with_registry_names(fake_root):
     assert method_hparams(table, "resnet50-mobilenetv1", "dkd") == {
         "temperature": 1.0, "warmup": 1, "alpha": 1.0, "ce_weight": 1.0, "beta": 2.0}
     assert method_hparams(table, "resnet50-mobilenetv1", "ctkd")["lambda_epochs"] == 5
-    assert method_hparams(table, "resnet34-resnet18", "lskd") == {}
     for pair in table["pairs"]:
-        for method in table["methods"]:
+        for method in (m for m in table["methods"] if m in METHODS):
             spec = ImageNetRunSpec.from_dict(run_spec_dict(table, pair, method, "sort", 0, str(fake_root)))
             assert spec.pair == pair and spec.teacher_weights == "IMAGENET1K_V1" and spec.resize_size == 256
     with pytest.raises(ValueError, match="unknown ImageNet pair 'resnet8-resnet8'"):
@@ -253,7 +301,6 @@ def test_imagenet_table_holds_the_paper_recipe_with_registry_names(fake_root):
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"precision": "bf16"}, "CUDA paths"),
     ({"decode": "gpu"}, "CUDA paths"),
     ({"pair": "resnet34-resnet18"}, "does not name teacher-student 'resnet18-resnet18'"),
     ({"teacher_weights": "IMAGENET1K_V2"}, "unknown weights"),
@@ -276,7 +323,7 @@ def test_torchrun_command_of_the_launcher():
 
 def test_single_process_run_writes_sane_outputs(fake_root, single_process_run):
     rows = read_rows(single_process_run)
-    assert [r["epoch"] for r in rows] == [1, 2] and [r["lr"] for r in rows] == [0.001, pytest.approx(0.0001)]
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["lr"] for r in rows] == [1e-4, pytest.approx(1e-5)]
     for row in rows:
         assert all(torch.isfinite(torch.tensor(row[k])) for k in COMPARED)
         assert 0 <= row["test_top1"] <= row["test_top5"] <= 100 and 0 <= row["teacher_wrong_frac"] <= 1
@@ -290,39 +337,182 @@ def test_single_process_run_writes_sane_outputs(fake_root, single_process_run):
     assert 0 <= summary["teacher_top1"] <= 100 and summary["teacher_logits"] == "online"
     assert summary["teacher_wrong_frac"] == pytest.approx(sum(r["teacher_wrong_frac"] for r in rows) / 2)
     record = json.loads((single_process_run / "provenance.json").read_text())
-    assert record["world_size"] == 1 and record["config"]["data"] == str(fake_root)
+    assert record["world_size"] == record["processes"] == 1 and record["config"]["data"] == str(fake_root)
+    assert record["precision"] == {"student_forward": "fp32", "teacher_forward": "fp32", "evaluation": "fp32"}
     assert record["config_hash"] == ImageNetRunSpec.from_dict(tiny_spec(fake_root)).hash
     assert record["git_revision"] and record["versions"]["torch"] == torch.__version__
 
 
-def test_two_processes_under_torchrun_match_one_process(fake_root, single_process_run, tmp_path):
-    out = tmp_path / "two_processes"
-    spec = tiny_spec(fake_root)
+def run_cli(spec: dict, out_dir: Path, nproc: int = 1) -> None:
+    """The training command in a subprocess of its own; torchrun for more than one process."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "sortkd", "train-imagenet", "--spec", json.dumps(spec), "--out-dir", str(out)],
+        [sys.executable, *launcher, "-m", "sortkd", "train-imagenet", "--spec", json.dumps(spec), "--out-dir", str(out_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def assert_same_training(one: Path, other: Path) -> None:
+    """Equal metrics and weights up to float rounding (the tolerances of N processes = 1 process)."""
+    for a, b in zip(read_rows(one), read_rows(other), strict=True):
+        for key in COMPARED:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["epoch"], key)
+    weights_one = torch.load(one / "checkpoint.pt", weights_only=False)["model"]
+    weights_other = torch.load(other / "checkpoint.pt", weights_only=False)["model"]
+    for name, value in weights_one.items():
+        torch.testing.assert_close(weights_other[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_under_torchrun_match_one_process(fake_root, single_process_run, tmp_path):
+    # The premise first: this problem does not amplify rounding. One process with 2 threads
+    # rounds differently from one with 1 thread; it must agree within the same tolerances.
+    run_cli(tiny_spec(fake_root, threads=2), tmp_path / "two_threads")
+    assert_same_training(single_process_run, tmp_path / "two_threads")
+
+    out = tmp_path / "two_processes"
+    run_cli(tiny_spec(fake_root), out, nproc=2)
     one, two = read_rows(single_process_run), read_rows(out)
     assert len(one) == len(two) == 2
     for a, b in zip(one, two):
         assert (a["world_size"], b["world_size"]) == (1, 2)
         # Every step's global batch held the same samples ...
         assert a["data_order_checksum"] == b["data_order_checksum"]
-        # ... and the metrics summed over ranks equal the 1-process metrics up to float sums.
-        for key in COMPARED:
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    # ... and the metrics summed over ranks equal the 1-process metrics up to float sums, and so
+    # do the trained weights: DDP's gradient average, the loss scales of the last partial batch
+    # (3 + 2 images) and global batch norm make the arithmetic that of one process.
+    assert_same_training(single_process_run, out)
     summary_one = json.loads((single_process_run / "summary.json").read_text())
     summary_two = json.loads((out / "summary.json").read_text())
     assert summary_two.keys() == summary_one.keys()
     assert summary_two["teacher_top1"] == summary_one["teacher_top1"]
-    assert json.loads((out / "provenance.json").read_text())["world_size"] == 2
-    # The trained weights agree too: the gradient average of DDP + global batch norm is exact.
-    weights_one = torch.load(single_process_run / "checkpoint.pt", weights_only=False)["model"]
-    weights_two = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
-    for name, value in weights_one.items():
-        torch.testing.assert_close(weights_two[name], value, rtol=1e-4, atol=1e-5)
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["world_size"] == record["processes"] == 2 and record["batch_norm"] == "global"
+
+
+def data_parallel_reference(spec: ImageNetRunSpec, world_size: int) -> tuple[dict, dict]:
+    """Epoch 1 as upstream's DataParallel runs it, in one process: each device's share of the batch
+    (numpy's array_split) through the student with its own batch statistics, the loss averaged
+    over the global batch, the running statistics of the first device kept. Returns the metrics
+    row and the student's state."""
+    folder = scan_imagenet(spec.data)
+    student = models.build_student(spec.arch, folder.num_classes, spec.seed)
+    teacher = models.build_teacher(spec.teacher_arch, spec.teacher_weights, folder.num_classes, spec.seed)
+    optimizer = torch.optim.SGD(student.parameters(), lr=spec.lr, momentum=spec.momentum,
+                                weight_decay=spec.weight_decay)
+    images = TrainImages(folder.train, spec.image_size, spec.seed)
+    order = epoch_order(spec.seed, 1, len(folder.train)).tolist()
+    sums = dict.fromkeys(("loss_total", "loss_ce", "loss_kd", "correct", "teacher_wrong"), 0.0)
+    student.train()
+    for first in range(0, len(order), spec.batch_size):
+        batch = order[first:first + spec.batch_size]
+        before = {name: value.clone() for name, value in student.named_buffers()}
+        loss = 0.0
+        for share in reversed(np.array_split(np.array(batch), world_size)):  # the first device last
+            if len(share) == 0:
+                continue
+            for name, value in before.items():  # fresh tensors: autograd saved the previous ones
+                owner, _, leaf = name.rpartition(".")
+                setattr(student.get_submodule(owner), leaf, value.clone())
+            x = normalize_batch(torch.stack([images[(1, int(i))][0] for i in share]))
+            y = torch.as_tensor(folder.train.labels[share])
+            logits = student(x)
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            out = compute_loss(spec.method, logits, teacher_logits, y, 1, spec.hparams, spec.variant)
+            loss = loss + out.total * len(share) / len(batch)
+            n = len(share)
+            sums["loss_total"] += out.total.item() * n
+            sums["loss_ce"] += out.terms["ce"].item() * n
+            sums["loss_kd"] += out.terms["kd"].item() * n
+            sums["correct"] += (logits.argmax(1) == y).sum().item()
+            sums["teacher_wrong"] += (teacher_logits.argmax(1) != y).sum().item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    n = len(order)
+    row = {key: sums[key] / n for key in ("loss_total", "loss_ce", "loss_kd")}
+    row.update(train_top1=100.0 * sums["correct"] / n, teacher_wrong_frac=sums["teacher_wrong"] / n)
+    student.eval()
+    val = ValImages(folder.val, spec.image_size, spec.resize_size)
+    with torch.no_grad():
+        logits = student(normalize_batch(torch.stack([val[i][0] for i in range(len(val))])))
+    labels = torch.as_tensor(folder.val.labels)
+    top5 = logits.topk(5 if logits.shape[1] >= 5 else logits.shape[1], dim=1).indices
+    row.update(test_top1=100.0 * (top5[:, 0] == labels).double().mean().item(),
+               test_top5=100.0 * (top5 == labels[:, None]).any(dim=1).double().mean().item())
+    return row, student.state_dict()
+
+
+def test_two_processes_with_per_process_batch_norm_compute_what_data_parallel_computes(fake_root, tmp_path):
+    # Global batches of 10 over 21 images: the last holds 1 image, so rank 1 has no share of it
+    # and still joins the gradient all-reduce with a zero gradient.
+    spec = tiny_spec(fake_root, sync_bn=False, batch_size=10, epochs=1)
+    out = tmp_path / "two_processes"
+    run_cli(spec, out, nproc=2)
+    (row,) = read_rows(out)
+    expected, state = data_parallel_reference(ImageNetRunSpec.from_dict(spec), world_size=2)
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    trained = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    for name, value in state.items():
+        torch.testing.assert_close(trained[name], value, rtol=1e-4, atol=1e-5)
+    # Global batch norm would have normalized the first step's 10 images together: another loss.
+    one_process = tmp_path / "one_process"
+    run_in_process(spec, one_process)
+    assert read_rows(one_process)[0]["loss_total"] != pytest.approx(row["loss_total"], rel=1e-3)
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["processes"] == 2 and record["batch_norm"] == "per-process"
+
+
+def _evaluation_statistics_worker(rank: int, init_file: str, results: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    ranks = Ranks(rank, 2, rank, 2, torch.device("cpu"), "gloo")
+    norm = torch.nn.BatchNorm2d(3)
+    norm(torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(rank)))  # each rank's own statistics
+    broadcast_buffers(norm, ranks)
+    torch.save({k: v.clone() for k, v in norm.state_dict().items()}, f"{results}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_every_rank_evaluates_with_the_first_ranks_batch_norm_statistics(tmp_path):
+    # Per-process batch norm leaves each rank with running statistics of its own shares; the
+    # evaluation uses rank 0's on every rank, as DataParallel uses its first device's.
+    results = str(tmp_path / "state")
+    torch.multiprocessing.spawn(_evaluation_statistics_worker, args=(str(tmp_path / "init"), results), nprocs=2)
+    zero, one = torch.load(f"{results}.0"), torch.load(f"{results}.1")
+    reference = torch.nn.BatchNorm2d(3)
+    reference(torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(0)))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(zero[name], value) and torch.equal(one[name], value), name
+
+
+def bf16_trainer(root, out_dir) -> ImageNetTrainer:
+    try:
+        spec = ImageNetRunSpec.from_dict(tiny_spec(root, precision="bf16", epochs=1))
+    except ValueError as error:
+        if "CUDA paths" not in str(error):
+            raise
+        pytest.skip("ImageNetRunSpec does not take precision bf16 on the CPU yet (the spec owner's change)")
+    return ImageNetTrainer(spec, out_dir, init_ranks("cpu"))
+
+
+def test_teacher_logits_and_evaluation_are_fp32_under_a_bf16_student(fake_root, tmp_path):
+    trainer = bf16_trainer(fake_root, tmp_path)
+    batch = next(trainer.train_batches(1))
+    with torch.no_grad():
+        fp32 = trainer.teacher(batch.inputs["weak"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not torch.equal(trainer.teacher(batch.inputs["weak"]).float(), fp32)
+        with trainer.autocast():  # even called from inside the student's autocast
+            logits = trainer.teacher_logits(batch, "weak")
+    assert logits.dtype == torch.float32 and torch.equal(logits, fp32)
+    dtypes = []
+    trainer.model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    with trainer.autocast():
+        trainer.forward_model(batch.inputs["weak"])
+    trainer.evaluate()
+    assert dtypes[0] == torch.bfloat16 and set(dtypes[1:]) == {torch.float32}
 
 
 def test_a_run_stopped_after_epoch_one_resumes_to_the_same_result(fake_root, single_process_run, tmp_path):

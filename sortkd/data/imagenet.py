@@ -184,17 +184,32 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
+def rank_share(size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of rank ``rank`` in a global batch of ``size``: near-equal contiguous parts
+    (sizes differ by at most one; the first ranks take the extra samples)."""
+    base, extra = divmod(size, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
 class RankBatchSampler:
-    """Yields this rank's batches of (epoch, sample index) keys; call ``set_epoch`` first."""
+    """Yields this rank's batches of (epoch, sample index) keys; call ``set_epoch`` first.
+
+    Step s's global batch is ``order[s*B:(s+1)*B]`` of the epoch's shuffled order. The last one
+    may be partial: it is kept, as upstream's loader keeps it. Each rank takes its
+    ``rank_share`` of every global batch; a rank's share of a very small last batch may be empty,
+    and such an empty batch is not yielded (``empty_last_step`` says so).
+    """
 
     def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int, seed: int,
                  max_steps: int | None = None):
         if num_samples < global_batch:
             raise ValueError(f"{num_samples} training images are fewer than one global batch "
                              f"of {global_batch}")
+        per_rank_batch(global_batch, world_size)
         self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
-        self.rank, self.local_batch = rank, per_rank_batch(global_batch, world_size)
-        steps = num_samples // global_batch
+        self.rank, self.world_size = rank, world_size
+        steps = -(-num_samples // global_batch)
         self.steps = steps if max_steps is None else min(steps, max_steps)
         self.epoch = None
 
@@ -202,7 +217,32 @@ class RankBatchSampler:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.steps
+        return self.steps - self.empty_last_step
+
+    def global_size(self, step: int) -> int:
+        """Samples in step ``step``'s global batch (all ranks together)."""
+        return min(self.global_batch, self.num_samples - step * self.global_batch)
+
+    def local_size(self, step: int) -> int:
+        start, stop = rank_share(self.global_size(step), self.rank, self.world_size)
+        return stop - start
+
+    def loss_scale(self, step: int) -> float | None:
+        """Weight of this rank's batch-mean loss at ``step``, so that averaging the ranks' gradients
+        (as DDP does) gives the mean over the global batch: local·W/global. None when every rank
+        has the same share (full batches)."""
+        local, total = self.local_size(step), self.global_size(step)
+        if local * self.world_size == total:
+            return None
+        return local * self.world_size / total
+
+    @property
+    def empty_last_step(self) -> bool:
+        return self.local_size(self.steps - 1) == 0
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return sum(self.global_size(step) for step in range(self.steps))
 
     def __iter__(self):
         if self.epoch is None:
@@ -210,8 +250,10 @@ class RankBatchSampler:
         epoch = self.epoch
         order = epoch_order(self.seed, epoch, self.num_samples)
         for step in range(self.steps):
-            first = step * self.global_batch + self.rank * self.local_batch
-            yield [(epoch, int(i)) for i in order[first:first + self.local_batch]]
+            start, stop = rank_share(self.global_size(step), self.rank, self.world_size)
+            first = step * self.global_batch
+            if stop > start:
+                yield [(epoch, int(i)) for i in order[first + start:first + stop]]
 
 
 class ValShardSampler:

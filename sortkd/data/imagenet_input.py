@@ -7,19 +7,20 @@ and pin. Normalization to the ImageNet mean/std happens batched on the training 
 from __future__ import annotations
 
 import functools
+import inspect
+import io
+import os
+
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-from torch.utils.data import Dataset
-from sortkd.data.imagenet import ImageList
-from sortkd.data.imagenet import center_offsets, resized_shape, train_view
-import inspect
-import io
+from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torch.utils.data import DataLoader
-from sortkd.training.distributed import Ranks
+
+from sortkd.data.imagenet import (ImageList, ImageNetFolder, RankBatchSampler, ValShardSampler, center_offsets,
+                                  per_rank_batch, resized_shape, train_view)
 from sortkd.experiment.specs import ImageNetRunSpec
-from sortkd.data.imagenet import ImageNetFolder, RankBatchSampler, ValShardSampler, per_rank_batch
+from sortkd.training.distributed import Ranks
 
 
 # --- images -------------------------------------------------------------------
@@ -228,7 +229,15 @@ class ImageNetInput:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.train_sampler)
+        return self.train_sampler.steps
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Training samples of one epoch, over all processes."""
+        return self.train_sampler.samples_per_epoch
+
+    def loss_scale(self, step: int) -> float | None:
+        return self.train_sampler.loss_scale(step)
 
     def _to_device(self, batch, train: bool):
         if self.gpu_decode:
@@ -243,9 +252,15 @@ class ImageNetInput:
         return images, labels.to(self.device, non_blocking=True), indices.to(self.device, non_blocking=True)
 
     def train_batches(self, epoch: int):
+        """(uint8 images, labels, sample indices) of each step on this process's device; a process
+        with no share of the last partial batch gets empty tensors for it."""
         self.train_sampler.set_epoch(epoch)
         for batch in self.train_loader:
             yield self._to_device(batch, train=True)
+        if self.train_sampler.empty_last_step:
+            size = self.spec.image_size
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
+            yield torch.empty(0, 3, size, size, dtype=torch.uint8, device=self.device), empty, empty.clone()
 
     def val_batches(self):
         for batch in self.val_loader:

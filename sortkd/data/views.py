@@ -169,6 +169,7 @@ class DeviceCifar:
         self.train_y = torch.from_numpy(arrays.train_y).long().to(device)
         self.test_x = normalize_images(torch.from_numpy(arrays.test_x)).to(device)
         self.test_y = torch.from_numpy(arrays.test_y).long().to(device)
+        normalization_table(device=device)  # its one host-to-device copy here, not in the first step
 
     @property
     def num_train(self) -> int:

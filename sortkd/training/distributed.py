@@ -80,6 +80,18 @@ def barrier(ranks: Ranks) -> None:
             dist.barrier()
 
 
+def broadcast_buffers(module: nn.Module, ranks: Ranks) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank.
+
+    DDP hands rank 0's buffers to every training forward; with per-process batch norm each rank
+    then updates its own copy, so before an evaluation the ranks hold different statistics. Upstream's
+    DataParallel keeps those of its first device: so does this.
+    """
+    if ranks.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def shutdown(ranks: Ranks) -> None:
     if ranks.distributed and dist.is_initialized():
         dist.destroy_process_group()

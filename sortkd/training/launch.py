@@ -8,11 +8,10 @@ The spec keys are documented in ``sortkd.experiment.specs``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 
 # --- command ------------------------------------------------------------------
@@ -28,18 +27,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from sortkd.training.distributed import under_torchrun
-    from sortkd.training.launch import run_torchrun, take_gpu_slots, torchrun_command
+    from sortkd.cli import hold_gpu_slots_for
     from sortkd.data.imagenet import per_rank_batch
     from sortkd.experiment.specs import ImageNetRunSpec
+    from sortkd.training.distributed import under_torchrun
 
     spec = ImageNetRunSpec.from_json(args.spec)
     if args.nproc_per_node < 1:
         raise ValueError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
     if not under_torchrun():
         per_rank_batch(spec.batch_size, args.nproc_per_node)  # fail before taking GPUs
-        if spec.device == "cuda":
-            take_gpu_slots(args, args.nproc_per_node)
+        hold_gpu_slots_for(args, spec.device, args.nproc_per_node)
         if args.nproc_per_node > 1:
             return run_torchrun(torchrun_command(args.nproc_per_node, json.dumps(spec.to_dict()), args.out_dir,
                                                  args.stop_after_epoch))
@@ -55,21 +53,6 @@ def run(args) -> int:
 
 
 # --- launcher -----------------------------------------------------------------
-
-SLOT_ENV = "SORTKD_GPU_SLOT"
-
-
-def take_gpu_slots(args, count: int) -> None:
-    """Hold ``count`` GPU slots for this process's life; sets CUDA_VISIBLE_DEVICES before CUDA starts."""
-    from sortkd.gpu_slots import hold_gpu_slots
-
-    kwargs = {"devices": args.gpu_devices.split(","), "jobs_per_device": args.jobs_per_device, "count": count}
-    if args.gpu_lock_dir:
-        kwargs["lock_dir"] = args.gpu_lock_dir
-    lease = hold_gpu_slots(**kwargs)
-    if lease.slots:
-        os.environ[SLOT_ENV] = ",".join(map(str, lease.slots))
-
 
 def torchrun_command(nproc: int, spec_json: str, out_dir: str, stop_after_epoch: int | None) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
