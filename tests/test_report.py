@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -391,7 +392,7 @@ def test_published_table_rejects_bad_entries(tmp_path, entry, message):
     path = tmp_path / "published.yaml"
     path.write_text(yaml.safe_dump({"sources": {"paper": "A paper. Teachers: theirs. Last epoch."},
                                     "datasets": {"cifar100": {P1: {"kd": entry}}}}))
-    with pytest.raises(ReportInputError, match=f"cifar100/{P1}/kd.*{__import__('re').escape(message)}"):
+    with pytest.raises(ReportInputError, match=f"cifar100/{P1}/kd.*{re.escape(message)}"):
         load_published(path)
     path.write_text(yaml.safe_dump({"cifar100": {P1: {"kd": 70.0}}}))  # the old layout
     with pytest.raises(ReportInputError, match="expected exactly the keys sources, datasets"):
