@@ -9,7 +9,8 @@ import torch
 torch.set_num_threads(1)
 
 # The real single-node Slurm of tests/slurm, shared by tests/test_slurm_*.py: one cluster
-# per session (a fixture defined here, not in each module, is set up only once).
+# per session (a fixture defined here, not in each module, is set up only once). Opt-in with
+# SORTKD_SLURM_TESTS=1 (.ci/run sets it).
 from slurm.cluster_fixture import slurm_cluster  # noqa: E402,F401
 
 

@@ -1,12 +1,16 @@
 """CIFAR model zoo: sizes, state_dict layout of the public zoo, behaviour, checkpoint import."""
 import argparse
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from sortkd.models import ARCHS, CheckpointMismatchError, build, load_public_checkpoint
 from sortkd.models.shufflenet import channel_shuffle
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Parameter counts for 100 classes (methods.md §5); resnet8 / resnet14 counted by hand:
 # resnet8 = stem 464 + stage1 4,672 + stage2 14,528 + stage3 57,728 + fc 6,500.
@@ -33,7 +37,13 @@ PARAM_COUNTS = {
 
 def test_archs_are_exactly_the_zoo():
     assert set(ARCHS) == set(PARAM_COUNTS)
-    assert len(ARCHS) == len(set(ARCHS)) == 17
+
+
+@pytest.mark.parametrize("table", ["pairs_cifar100.yaml", "pairs_demo.yaml"])
+def test_every_arch_of_the_pairs_tables_is_in_the_zoo(table):
+    pairs = yaml.safe_load((REPO / "workflow" / "tables" / table).read_text())
+    named = {pair[role] for pair in pairs.values() for role in ("teacher", "student")}
+    assert named <= set(ARCHS), sorted(named - set(ARCHS))
 
 
 @pytest.mark.parametrize("arch", sorted(PARAM_COUNTS))
@@ -344,6 +354,11 @@ def test_initialisation_follows_public_models():
     assert torch.equal(v.classifier.bias, torch.zeros(100))
     assert torch.equal(v.block2[0].bias, torch.zeros(256))
     assert torch.equal(build("wrn_16_2").fc.bias, torch.zeros(100))
+    m = build("MobileNetV2")
+    assert abs(m.classifier[0].weight.std().item() - 0.01) < 0.001
+    assert torch.equal(m.classifier[0].bias, torch.zeros(100))
+    w = build("ResNet50").layer4[0].conv2.weight  # He normal, fan_out = 9 * 512
+    assert abs(w.std().item() - math.sqrt(2 / (9 * 512))) < 0.02 * math.sqrt(2 / (9 * 512))
     # ShuffleNets keep torch's defaults: kaiming-uniform(a=sqrt(5)) -> std = 1 / sqrt(3 * fan_in).
     s = build("ShuffleV2")
     assert abs(s.conv2.weight.std().item() - 1 / math.sqrt(3 * 464)) < 0.02 / math.sqrt(3 * 464)

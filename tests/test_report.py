@@ -6,20 +6,28 @@ import contextlib
 import io
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from scipy import integrate, stats
 
-from sortkd.report.command import add_arguments, run
-from sortkd.report.errors import ReportInputError
-from sortkd.report.missing_runs import MissingRun, find_missing_runs
-from sortkd.report.paired_stats import t_interval
-from sortkd.report.published import load_published
-from sortkd.report.runs_table import collect_runs
+from sortkd.losses import METHODS, get_method
+from sortkd.report.build import add_arguments, run
+from sortkd.report.runs import MissingRun, ReportInputError, collect_runs, find_missing_runs
+from sortkd.report.stats import minimum_detectable_effect, t_interval
+from sortkd.report.tables import load_published
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLISHED_YAML = REPO / "workflow" / "tables" / "published_cifar100.yaml"
+TABLES = REPO / "workflow" / "tables"
+PUBLISHED_YAML = TABLES / "published_cifar100.yaml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Student t quantile t_{0.975, 2}; for 2 dof it has the closed form 0.95 * sqrt(2 / (1 - 0.95^2)).
 T_975_DOF2 = 4.302652729749464
@@ -99,6 +107,14 @@ def run_report(args) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = run(args)
     return code, stdout.getvalue(), stderr.getvalue()
+
+
+def label(method):
+    """The display label the registry gives a method (its name until the registry has labels)."""
+    return getattr(get_method(method), "label", method)
+
+
+KD, DKD = label("kd"), label("dkd")
 
 
 def mean(values):
@@ -197,37 +213,59 @@ def test_t_interval_edge_cases():
 def test_table_markdown_has_expected_cells(grid_report):
     out_dir, _ = grid_report
     text = (out_dir / "table.md").read_text()
-    best, final = text.split("## Final-epoch")
+    best, rest = text.split("## Final-epoch")
+    final, paired = rest.split("## Paired deltas")
     assert "## Best-epoch test top-1" in best
     assert "| resnet56 → resnet20 | resnet32x4 → resnet8x4 |" in best
     assert "| Teacher top-1 (measured) | 72.34 | 79.42 |" in best
     # KD baseline on P1: mean 71.00, std 1.00; on P2: mean 73.50, std sqrt(0.75).
-    assert f"| KD | 71.00 ± 1.00 | 73.50 ± {math.sqrt(0.75):.2f} |" in best
-    assert "| KD | 71.00 ± 1.00 | 73.50 ± 0.87 |" in best
+    assert f"| {KD} | 71.00 ± 1.00 | 73.50 ± {math.sqrt(0.75):.2f} |" in best
+    assert f"| {KD} | 71.00 ± 1.00 | 73.50 ± 0.87 |" in best
     kd_sort = BEST[(P1, "kd", "sort")]
-    assert f"| KD + sort | {mean(kd_sort):.2f} ± {sample_std(kd_sort):.2f} |" in best
-    assert "| KD + sort | 71.53 ± 1.23 |" in best
-    assert "| **Δ sort − base (KD)** | **+0.53 [−0.34, +1.41]** |" in best
-    assert "| KD + swap |" in best and "| **Δ swap − base (KD)** |" in best
-    assert "| **Δ sort − base (DKD)** |" in best and "Δ swap − base (DKD)" not in best
-    assert "| DKD + sort |" in best and "DKD + swap" not in best
-    # Published numbers (methods.md §6) beside ours, best-epoch table only.
-    assert "| KD (published) | 70.66 | 73.33 |" in best
-    assert "| DKD (published) | 71.97 | 76.32 |" in best
+    assert f"| {KD} + sort | {mean(kd_sort):.2f} ± {sample_std(kd_sort):.2f} |" in best
+    assert f"| {KD} + sort | 71.53 ± 1.23 |" in best
+    assert f"| **Δ sort − base ({KD})** | **+0.53 [−0.34, +1.41]** |" in best
+    assert f"| {KD} + swap |" in best and f"| **Δ swap − base ({KD})** |" in best
+    assert f"| **Δ sort − base ({DKD})** |" in best and f"Δ swap − base ({DKD})" not in best
+    assert f"| {DKD} + sort |" in best and f"{DKD} + swap" not in best
     assert "(published) |" not in final
     # Final-epoch table: base is best - 0.3.
-    assert "| KD | 70.70 ± 1.00 |" in final
-    assert "## Legend" in final and "95 % Student-t" in final
+    assert f"| {KD} | 70.70 ± 1.00 |" in final
+    assert "## Legend" in paired and "95 % Student-t" in paired
+
+
+def test_published_numbers_carry_their_source_as_footnote(grid_report):
+    out_dir, _ = grid_report
+    published = load_published(PUBLISHED_YAML)
+    best = (out_dir / "table.md").read_text().split("## Final-epoch")[0]
+    # Footnotes are numbered in order of first use: the KD row comes first, then DKD.
+    footnote = {}
+    for method in ("kd", "dkd"):
+        numbers = [published.get("cifar100", pair, method) for pair in (P1, P2)]
+        sources = {number.source for number in numbers}
+        assert len(sources) == 1, sources  # one source per row here, so one mark
+        source = sources.pop()
+        footnote.setdefault(source, len(footnote) + 1)
+        k = footnote[source]
+        cells = " | ".join(f"{number.top1:.2f} [{k}]" for number in numbers)
+        assert f"| {label(method)} (published) | {cells} |" in best
+        assert f"- [{k}] {published.sources[source]}" in best
+    assert len(footnote) == 2
+    tex = (out_dir / "table.tex").read_text()
+    assert "70.66$^{1}$" in tex and "$^{2}$ DKD row" in tex
 
 
 def test_table_csv_and_latex(grid_report):
     out_dir, _ = grid_report
     table = pd.read_csv(out_dir / "table.csv")
-    cell = table[(table.table == "best_top1") & (table.row == "KD + sort")][P1].iloc[0]
+    cell = table[(table.table == "best_top1") & (table.row == f"{KD} + sort")][P1].iloc[0]
     assert cell == "71.53 ± 1.23"
     delta = table[(table.table == "best_top1") & (table.method == "kd")
                   & (table.kind == "delta_sort")][P1].iloc[0]
     assert delta == "+0.53 [-0.34, +1.41]"
+    published = table[(table.table == "best_top1") & (table.method == "kd")
+                      & (table.kind == "published")][P1].iloc[0]
+    assert published == "70.66"  # the CSV keeps numbers bare, without footnote marks
     assert set(table.table) == {"best_top1", "final_top1"}
     tex = (out_dir / "table.tex").read_text()
     assert tex.count("\\begin{tabular}") == 2
@@ -242,9 +280,12 @@ def test_single_seed_has_no_interval(single_seed_report):
     assert row.n == 1 and row["mean"] == pytest.approx(0.8)
     assert pd.isna(row.ci_low) and pd.isna(row.ci_high) and pd.isna(row["std"])
     assert row.note == "one seed: no interval"
+    assert row.resolved == "no" and pd.isna(row.mde)
     text = (out_dir / "table.md").read_text()
-    assert "| KD | 70.00 |" in text and "| KD + sort | 70.80 |" in text
+    assert f"| {KD} | 70.00 |" in text and f"| {KD} + sort | 70.80 |" in text
     assert "+0.80 (n=1, no interval)" in text
+    assert (f"| resnet56 → resnet20 | {KD} | sort − base | best | 1 | +0.80 | n=1, no interval "
+            "| no | – |") in text
     assert "One seed per cell" in text
     for plot in ("forest.png", "wrong_share_vs_delta.png", f"curves_{P1}.png"):
         assert (out_dir / "plots" / plot).read_bytes().startswith(PNG_SIGNATURE)
@@ -319,16 +360,189 @@ def test_bad_input_is_rejected_with_clear_message(tmp_path):
         collect_runs([path])
 
 
-def test_published_table_holds_methods_md_numbers():
+def test_published_table_covers_the_pairs_with_registered_methods_and_sources():
     published = load_published(PUBLISHED_YAML)
-    cifar = published["cifar100"]
-    assert list(cifar) == [
-        "resnet56-resnet20", "resnet110-resnet32", "resnet32x4-resnet8x4", "wrn_40_2-wrn_16_2",
-        "wrn_40_2-wrn_40_1", "vgg13-vgg8", "resnet32x4-ShuffleV1", "resnet32x4-ShuffleV2",
-        "wrn_40_2-ShuffleV1", "vgg13-MobileNetV2", "ResNet50-MobileNetV2"]
-    assert cifar["wrn_40_2-wrn_16_2"] == {"kd": 74.92, "dkd": 76.23, "lskd": 76.11, "ctkd": 75.45}
-    assert cifar["resnet32x4-ShuffleV2"] == {"kd": 74.45, "dkd": 77.07, "lskd": 75.56}
-    assert "lskd" not in cifar["wrn_40_2-ShuffleV1"]
-    assert sum(len(methods) for methods in cifar.values()) == 11 * 2 + 9 + 5
-    assert published["imagenet"] == {"resnet34-resnet18": {"kd": 71.03, "dkd": 71.70},
-                                     "resnet50-mobilenetv1": {"kd": 70.50, "dkd": 72.05}}
+    # Every pair the grids can run has a published row, and no row names a pair they cannot run.
+    cifar_pairs = yaml.safe_load((TABLES / "pairs_cifar100.yaml").read_text())
+    imagenet_pairs = yaml.safe_load((TABLES / "imagenet.yaml").read_text())["pairs"]
+    assert set(published.numbers) == {"cifar100", "imagenet"}
+    assert set(published.numbers["cifar100"]) == set(cifar_pairs)
+    assert set(published.numbers["imagenet"]) == set(imagenet_pairs)
+    used = set()
+    for dataset, pairs in published.numbers.items():
+        for pair, methods in pairs.items():
+            assert {"kd", "dkd"} <= set(methods), (dataset, pair)  # the KD and DKD papers cover all
+            for method, number in methods.items():
+                get_method(method)  # a registered method (raises for an unknown name)
+                assert 0.0 < number.top1 < 100.0
+                used.add(number.source)
+    # Every source is used, and says which teachers and which epoch its numbers come from.
+    assert used == set(published.sources)
+    for key, text in published.sources.items():
+        assert "Teachers:" in text and "epoch" in text.lower(), key
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"top1": 70.0}, "must be {top1: <percent>, source: <key>}"),
+    ({"top1": 100.5, "source": "paper"}, "top1 = 100.5 is not a percentage"),
+    ({"top1": "70", "source": "paper"}, "top1 must be a finite number"),
+    ({"top1": 70.0, "source": "blog"}, "source 'blog' is not defined; allowed: paper"),
+])
+def test_published_table_rejects_bad_entries(tmp_path, entry, message):
+    path = tmp_path / "published.yaml"
+    path.write_text(yaml.safe_dump({"sources": {"paper": "A paper. Teachers: theirs. Last epoch."},
+                                    "datasets": {"cifar100": {P1: {"kd": entry}}}}))
+    with pytest.raises(ReportInputError, match=f"cifar100/{P1}/kd.*{re.escape(message)}"):
+        load_published(path)
+    path.write_text(yaml.safe_dump({"cifar100": {P1: {"kd": 70.0}}}))  # the old layout
+    with pytest.raises(ReportInputError, match="expected exactly the keys sources, datasets"):
+        load_published(path)
+
+
+# ---- resolved or not, and the minimum detectable effect ------------------------------------
+
+# One pair, KD: sort − base differences that exclude 0 and swap − base ones that cover it.
+RESOLVED_DIFFS = {"sort": [0.5, 0.6, 0.7], "swap": [-0.2, 0.1, 0.4]}
+
+
+@pytest.fixture(scope="module")
+def resolution_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resolution")
+    base = [70.0, 71.0, 72.0]
+    summaries = []
+    for seed, value in enumerate(base):
+        summaries.append(write_run(root, "res", P1, "kd", "base", seed, value, value))
+        for variant, diffs in RESOLVED_DIFFS.items():
+            top1 = round(value + diffs[seed], 6)
+            summaries.append(write_run(root, "res", P1, "kd", variant, seed, top1, top1))
+    out_dir = root / "out"
+    code, _, stderr = run_report(report_args(summaries, out_dir))
+    assert code == 0, stderr
+    return out_dir
+
+
+def power_by_integration(effect, sd, n, alpha=0.05):
+    """Power of the two-sided one-sample t-test, integrated over the sample variance.
+
+    T = (Z + λ) / sqrt(V / df) with Z standard normal, V chi-square(df), λ = effect·√n/sd, so
+    P(|T| > c) = E_V[Φ(λ − c·sqrt(V/df)) + Φ(−λ − c·sqrt(V/df))]; no noncentral t involved.
+    """
+    df = n - 1
+    c = stats.t.ppf(1 - alpha / 2, df)
+    lam = effect * math.sqrt(n) / sd
+    log_norm = (df / 2) * math.log(2) + math.lgamma(df / 2)  # of the chi-square density
+
+    def phi(x):
+        return 0.5 * math.erfc(-x / math.sqrt(2))
+
+    def integrand(v):
+        if v == 0.0:
+            return 0.0
+        s = c * math.sqrt(v / df)
+        density = math.exp((df / 2 - 1) * math.log(v) - v / 2 - log_norm)
+        return (phi(lam - s) + phi(-lam - s)) * density
+
+    value, _ = integrate.quad(integrand, 0, np.inf, limit=200, epsabs=1e-12)
+    return value
+
+
+def brute_force_mde(sd, n, power=0.8, step=1e-4):
+    """The first effect on a grid of step·sd whose power reaches ``power``.
+
+    The scan walks the grid in steps of sd, then 0.1·sd, ... from the last point below the
+    target, so it visits each decade ten times at most (power rises with the effect).
+    """
+    effect, stride = 0.0, sd
+    while True:
+        while power_by_integration(effect + stride, sd, n) < power:
+            effect += stride
+        if stride <= step * sd * (1 + 1e-9):
+            return effect + stride
+        stride /= 10
+
+
+@pytest.mark.parametrize("sd, n", [(0.5, 2), (0.35, 3), (0.7, 5), (1.0, 10)])
+def test_mde_matches_a_brute_force_power_search(sd, n):
+    mde = minimum_detectable_effect(sd, n)
+    found = brute_force_mde(sd, n)
+    assert found - 1e-4 * sd - 1e-9 <= mde <= found + 1e-9
+
+
+def test_mde_has_80_percent_power_in_simulated_paired_tests():
+    sd, n, trials = 0.4, 3, 200_000
+    mde = minimum_detectable_effect(sd, n)
+    rng = np.random.default_rng(0)
+    diffs = rng.normal(mde, sd, size=(trials, n))
+    t_stat = diffs.mean(1) / (diffs.std(1, ddof=1) / math.sqrt(n))
+    rejected = np.abs(t_stat) > stats.t.ppf(0.975, n - 1)
+    assert rejected.mean() == pytest.approx(0.8, abs=0.005)  # 5.6 standard errors
+
+
+def test_mde_edge_cases_and_large_n_limit():
+    assert math.isnan(minimum_detectable_effect(0.5, 1))
+    assert math.isnan(minimum_detectable_effect(math.nan, 3))
+    assert minimum_detectable_effect(0.0, 3) == 0.0
+    # For large n the t-test is the z-test: (z_0.975 + z_0.8) · sd / √n.
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    assert minimum_detectable_effect(1.0, 2000) == pytest.approx(z / math.sqrt(2000), rel=2e-3)
+    # Halving the sd halves the MDE; more seeds shrink it.
+    assert minimum_detectable_effect(0.25, 4) == pytest.approx(minimum_detectable_effect(0.5, 4) / 2)
+    assert minimum_detectable_effect(0.5, 6) < minimum_detectable_effect(0.5, 3)
+
+
+def test_interval_excluding_zero_is_resolved_and_covering_zero_is_not(resolution_report):
+    deltas = pd.read_csv(resolution_report / "deltas.csv")
+    text = (resolution_report / "table.md").read_text()
+    for variant, diffs in RESOLVED_DIFFS.items():
+        row = deltas[(deltas.comparison == f"{variant}-base")
+                     & (deltas.metric == "best_top1")].iloc[0]
+        half = T_975_DOF2 * sample_std(diffs) / math.sqrt(3)
+        low, high = mean(diffs) - half, mean(diffs) + half
+        assert (row.ci_low, row.ci_high) == pytest.approx((low, high), abs=1e-6)
+        expected = "yes" if low > 0 or high < 0 else "no"
+        assert row.resolved == expected
+        assert row.mde == pytest.approx(brute_force_mde(sample_std(diffs), 3), abs=1e-4)
+        assert row.power == 0.8
+        line = (f"| resnet56 → resnet20 | {KD} | {variant} − base | best | 3 | "
+                f"{mean(diffs):+.2f} | [{low:+.2f}, {high:+.2f}] | {expected} | {row.mde:.2f} |")
+        assert line.replace("-", "−") in text
+    assert deltas.loc[deltas.comparison == "sort-base", "resolved"].tolist() == ["yes", "yes"]
+    assert deltas.loc[deltas.comparison == "swap-base", "resolved"].tolist() == ["no", "no"]
+    assert "2 of 4 paired deltas are resolved" in text
+
+
+def test_grid_deltas_are_unresolved_with_their_mde(grid_report):
+    out_dir, _ = grid_report
+    deltas = pd.read_csv(out_dir / "deltas.csv")
+    assert set(deltas.resolved) == {"no"}  # every interval of the grid covers 0
+    row = deltas[(deltas.pair == P1) & (deltas.method == "kd") & (deltas.comparison == "sort-base")
+                 & (deltas.metric == "best_top1")].iloc[0]
+    assert row.mde == pytest.approx(brute_force_mde(sample_std([0.5, 0.2, 0.9]), 3), abs=1e-4)
+
+
+# ---- labels from the method registry, and a cheap CLI ---------------------------------------
+
+def test_method_labels_come_from_the_registry(tmp_path, monkeypatch):
+    # A method registered with a label shows it; no report code names the method.
+    monkeypatch.setitem(METHODS, "toy", SimpleNamespace(name="toy", label="Toy+LS"))
+    summaries = [write_run(tmp_path, "lab", P1, "toy", "base", 0, 70.0, 69.0),
+                 write_run(tmp_path, "lab", P1, "toy", "sort", 0, 70.5, 69.5),
+                 write_run(tmp_path, "lab", P1, "gone", "base", 0, 71.0, 70.0)]
+    code, _, stderr = run_report(report_args(summaries, tmp_path / "out"))
+    assert code == 0, stderr
+    text = (tmp_path / "out" / "table.md").read_text()
+    assert "| Toy+LS | 70.00 |" in text and "| Toy+LS + sort | 70.50 |" in text
+    assert "| **Δ sort − base (Toy+LS)** |" in text
+    # A method the registry does not hold (a removed one) keeps its name.
+    assert "| gone | 71.00 |" in text
+
+
+def test_report_parser_imports_no_heavy_module():
+    code = ("import argparse, sys\n"
+            "from sortkd.report.build import add_arguments\n"
+            "add_arguments(argparse.ArgumentParser())\n"
+            "print(sorted(m for m in ('pandas', 'scipy', 'matplotlib', 'torch') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

@@ -3,8 +3,9 @@
 The cluster comes from the session fixture `slurm_cluster` (tests/slurm/cluster_fixture.py,
 made available by tests/conftest.py): it is brought up once (as root; it installs the Debian
 packages if missing) for this module and tests/test_slurm_workflow.py, and torn down at the
-end of the session, even when a test fails. Where Slurm cannot be had (not root, packages not
-installable) the cluster tests are skipped with a reason that starts with "SLURM UNAVAILABLE:".
+end of the session, even when a test fails. The cluster tests are opt-in: they run only with
+SORTKD_SLURM_TESTS=1 (`.ci/run` sets it). Where Slurm cannot be had (not root, packages not
+installable) they are skipped with a reason that starts with "SLURM UNAVAILABLE:".
 Set SORTKD_SLURM_KEEP_UP=1 to leave the cluster running afterwards.
 The profile checks at the end need no cluster. (A scancel mid-training and its resume are
 tested on the project's own workflow in tests/test_slurm_workflow.py.)

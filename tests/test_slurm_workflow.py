@@ -1,7 +1,7 @@
 """The project's demo workflow through the SLURM profile, on the real single-node Slurm.
 
-The cluster is the session fixture `slurm_cluster` (tests/slurm/cluster_fixture.py): two
-cores and two fake GPUs (gres on /dev/tty0-1), so Slurm runs two GPU jobs at once, each with
+The cluster is the session fixture `slurm_cluster` (tests/slurm/cluster_fixture.py; opt-in with
+SORTKD_SLURM_TESTS=1, which `.ci/run` sets): two cores and two fake GPUs (gres on /dev/tty0-1), so Slurm runs two GPU jobs at once, each with
 its own CUDA_VISIBLE_DEVICES. The demo is shrunk with --config as in tests/test_workflow.py
 (generated data of 5 classes x 8 train / 8 test images, 2 epochs) to both demo pairs (one reads
 the teacher logit cache, one runs its teacher online), one method (kd), base and sort, two

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sortkd.models.registry import build
+from sortkd.models.zoo import build
 
 
 class CheckpointMismatchError(RuntimeError):

@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sortkd.models.weight_init import he_fan_out_init
-
 # (expansion, channels at width 1, repeats, first stride); expansion None = the model's T.
 _STAGES = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
            (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1))
@@ -66,7 +64,6 @@ class MobileNetV2(nn.Module):
         last_ch = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = _conv_bn_relu(in_ch, last_ch, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(last_ch, num_classes))
-        he_fan_out_init(self, linear="small_normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

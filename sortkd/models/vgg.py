@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sortkd.models.weight_init import he_fan_out_init
-
 # Output channels of the convs in each of the five blocks.
 VGG_CONFIGS = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),
@@ -33,7 +31,6 @@ class VGG(nn.Module):
             _conv_block(c, w) for c, w in zip(in_chs, widths)
         )
         self.classifier = nn.Linear(widths[-1][-1], num_classes)
-        he_fan_out_init(self, linear="small_normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # 2x2 max pools after blocks 0-2; the pool after block3 is only used for 64-pixel

@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sortkd.models.weight_init import he_fan_out_init
-
 
 class PreActBlock(nn.Module):
     """bn-relu-conv-bn-relu-conv with an identity or 1x1-conv shortcut.
@@ -66,7 +64,6 @@ class WideResNet(nn.Module):
         self.block3 = NetworkBlock(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-        he_fan_out_init(self, linear="zero_bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))

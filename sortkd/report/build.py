@@ -1,25 +1,47 @@
-"""Build the whole report of one experiment: runs.csv, tables, deltas.csv and plots."""
+"""``python -m sortkd report``: build an experiment's report (runs.csv, tables, deltas.csv, plots).
+
+``add_arguments`` and ``run`` are the command; ``build_report`` does the work. Only the standard
+library is imported at module level, so building the CLI parser stays cheap: pandas, scipy,
+matplotlib and the method registry are loaded when the report is built.
+"""
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-import pandas as pd
-
-from sortkd.files import atomic_write_text
-from sortkd.report.epoch_metrics import collect_curves
-from sortkd.report.errors import ReportInputError
-from sortkd.report.labels import pair_labels
-from sortkd.report.missing_runs import require_complete_grid
-from sortkd.report.paired_stats import deltas_csv_text, paired_deltas
-from sortkd.report.paper_table import build_paper_table
-from sortkd.report.plots import (curves_path, forest_path, plot_curves, plot_forest,
-                    plot_wrong_share_vs_delta, wrong_share_path)
-from sortkd.report.published import load_published
-from sortkd.report.runs_table import appearance_order, collect_runs, runs_csv_text
-from sortkd.report.table_format import render_csv, render_latex, render_markdown
-
 TABLE_METRICS = ("best_top1", "final_top1")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summaries", nargs="+", required=True, metavar="PATH",
+                        help="summary.json of every student run (provenance.json and "
+                             "metrics.jsonl must sit beside each)")
+    parser.add_argument("--out-dir", required=True, metavar="DIR",
+                        help="where runs.csv, table.*, deltas.csv and plots/ are written "
+                             "(results/<experiment>)")
+    parser.add_argument("--experiment", metavar="NAME",
+                        help="report only this experiment's runs (required when the "
+                             "summaries span several)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="INT",
+                        help="the seeds the grid was meant to have; a missing one is an "
+                             "error (default: every seed seen in the runs)")
+    parser.add_argument("--published", metavar="YAML",
+                        help="published accuracies and their sources, printed beside ours "
+                             "(workflow/tables/published_cifar100.yaml)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sortkd.report.runs import ReportInputError
+
+    try:
+        build_report(args.summaries, args.out_dir, experiment=args.experiment, seeds=args.seeds,
+                     published=args.published)
+    except ReportInputError as error:
+        print(f"sortkd report: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_report(summaries: Sequence[str | Path], out_dir: str | Path,
@@ -30,11 +52,20 @@ def build_report(summaries: Sequence[str | Path], out_dir: str | Path,
 
     Raises ``ReportInputError`` (``MissingRunsError`` for an incomplete grid) on bad input.
     """
+    from sortkd.files import atomic_write_text
+    from sortkd.report import plots
+    from sortkd.report.runs import (appearance_order, collect_curves, collect_runs,
+                                    require_complete_grid, runs_csv_text, select_experiment,
+                                    select_seeds)
+    from sortkd.report.stats import deltas_csv_text, paired_deltas
+    from sortkd.report.tables import (build_paper_table, load_published, pair_labels, render_csv,
+                                      render_latex, render_markdown)
+
     out_dir = Path(out_dir)
     runs = collect_runs(summaries)
     log(f"read {len(runs)} run summaries (summary.json + provenance.json)")
-    runs = _select_experiment(runs, experiment, log)
-    runs = _select_seeds(runs, seeds, log)
+    runs = select_experiment(runs, experiment, log)
+    runs = select_seeds(runs, seeds, log)
     require_complete_grid(runs, seeds)
     experiment = str(runs["experiment"].iloc[0])
 
@@ -53,7 +84,8 @@ def build_report(summaries: Sequence[str | Path], out_dir: str | Path,
               for metric in TABLE_METRICS]
     texts = {
         "runs.csv": runs_csv_text(runs),
-        "table.md": render_markdown(tables, experiment, _overview(runs, pairs, methods)),
+        "table.md": render_markdown(tables, experiment, _overview(runs, pairs, methods),
+                                    deltas, pairs, methods, labels),
         "table.csv": render_csv(tables),
         "table.tex": render_latex(tables, experiment),
         "deltas.csv": deltas_csv_text(deltas),
@@ -63,51 +95,19 @@ def build_report(summaries: Sequence[str | Path], out_dir: str | Path,
         atomic_write_text(out_dir / name, text)
         written.append(out_dir / name)
         log(f"wrote {written[-1]}")
-    written.append(plot_forest(deltas, forest_path(out_dir), pairs, methods, labels))
+    written.append(plots.plot_forest(deltas, plots.forest_path(out_dir), pairs, methods, labels))
     log(f"wrote {written[-1]}")
     for pair in pairs:
-        written.append(plot_curves(curves, pair, curves_path(out_dir, pair), methods, labels[pair]))
+        written.append(plots.plot_curves(curves, pair, plots.curves_path(out_dir, pair), methods,
+                                         labels[pair]))
         log(f"wrote {written[-1]}")
-    written.append(plot_wrong_share_vs_delta(runs, deltas, wrong_share_path(out_dir), pairs,
-                                             methods, labels))
+    written.append(plots.plot_wrong_share_vs_delta(runs, deltas, plots.wrong_share_path(out_dir),
+                                                   pairs, methods, labels))
     log(f"wrote {written[-1]}")
     return written
 
 
-def _select_experiment(runs: pd.DataFrame, experiment: str | None,
-                       log: Callable[[str], None]) -> pd.DataFrame:
-    present = sorted(runs["experiment"].unique())
-    if experiment is None:
-        if len(present) > 1:
-            raise ReportInputError(f"the summaries span several experiments ({', '.join(present)});"
-                                   " pass --experiment to choose one")
-        return runs
-    selected = runs[runs["experiment"] == experiment]
-    if selected.empty:
-        raise ReportInputError(f"no summary belongs to experiment {experiment!r}; "
-                               f"found: {', '.join(present)}")
-    if len(selected) < len(runs):
-        log(f"skipped {len(runs) - len(selected)} runs of other experiments")
-    return selected.reset_index(drop=True)
-
-
-def _select_seeds(runs: pd.DataFrame, seeds: Sequence[int] | None,
-                  log: Callable[[str], None]) -> pd.DataFrame:
-    if seeds is None:
-        return runs
-    if len(set(seeds)) != len(seeds):
-        raise ReportInputError(f"--seeds lists a seed twice: {list(seeds)}")
-    selected = runs[runs["seed"].isin(seeds)]
-    if selected.empty:
-        raise ReportInputError(f"no run has one of the seeds {list(seeds)}")
-    extra = sorted(set(runs["seed"]) - set(seeds))
-    if extra:
-        log(f"skipped {len(runs) - len(selected)} runs with seeds outside --seeds: "
-            f"{', '.join(str(s) for s in extra)}")
-    return selected.reset_index(drop=True)
-
-
-def _overview(runs: pd.DataFrame, pairs: Sequence[str], methods: Sequence[str]) -> str:
+def _overview(runs, pairs: Sequence[str], methods: Sequence[str]) -> str:
     datasets = ", ".join(sorted(runs["dataset"].unique()))
     variants = ", ".join(v for v in ("base", "sort", "swap") if (runs["variant"] == v).any())
     seeds = ", ".join(str(s) for s in sorted(runs["seed"].unique()))

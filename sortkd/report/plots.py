@@ -19,7 +19,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from sortkd.files import atomic_path  # noqa: E402
-from sortkd.report.labels import COMPARISON_LABELS, method_label  # noqa: E402
+from sortkd.report.tables import COMPARISON_LABELS, method_label  # noqa: E402
 
 VARIANT_COLORS = {"base": "#4c72b0", "sort": "#dd8452", "swap": "#55a868"}
 COMPARISON_STYLE = {"sort-base": ("o", VARIANT_COLORS["sort"]),

@@ -2,9 +2,14 @@
 
 tests/conftest.py imports `slurm_cluster` from here, so the cluster comes up once per pytest
 session, for the first test that asks for it, and goes down at the end of the session, even
-when a test fails. Where Slurm cannot be had (not root, packages not installable) the tests
-that use it are skipped with a reason that starts with "SLURM UNAVAILABLE:"; any other failure
-of cluster_up.sh fails them. Set SORTKD_SLURM_KEEP_UP=1 to leave the cluster running.
+when a test fails.
+
+The cluster tests are opt-in: bringing the cluster up installs Debian packages and starts
+munged, slurmctld and slurmd as root, which a plain `python -m pytest` on a workstation should
+not do unasked. They run only with SORTKD_SLURM_TESTS=1 (`.ci/run` sets it) and are skipped
+with a one-line reason otherwise. Where Slurm cannot be had (not root, packages not
+installable) they are skipped with a reason that starts with "SLURM UNAVAILABLE:"; any other
+failure of cluster_up.sh fails them. Set SORTKD_SLURM_KEEP_UP=1 to leave the cluster running.
 
 Also here: the helpers that every Snakemake-on-Slurm test needs (a clean environment, the
 profile paths, reading the submissions from Snakemake's log).
@@ -30,6 +35,13 @@ DOWN = SLURM_DIR / "cluster_down.sh"
 REAL_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 TEST_PROFILE = SLURM_DIR / "profile"
 KILLED = (-9, 124, 137)  # how `timeout -s KILL` ends a run that hung
+OPT_IN = "SORTKD_SLURM_TESTS"
+OPT_IN_REASON = (f"Slurm cluster tests are opt-in: set {OPT_IN}=1 to run them (they install "
+                 "Debian packages and start munged/slurmctld/slurmd as root)")
+
+
+def slurm_tests_enabled() -> bool:
+    return os.environ.get(OPT_IN) == "1"
 
 
 def clean_env() -> dict[str, str]:
@@ -65,6 +77,8 @@ def check_profile_was_honoured(log: str) -> None:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
+    if not slurm_tests_enabled():
+        pytest.skip(OPT_IN_REASON)
     if shutil.which("bash") is None or shutil.which("timeout") is None:
         pytest.skip("SLURM UNAVAILABLE: needs bash and timeout")
     # find_spec, not import: importing the plugin runs `scontrol show config`, which waits
