@@ -210,6 +210,8 @@ def check_gpu_slots(devices: list[str], lock_dir: Path, jobs_per_device: int = 2
         reports.append(report)
         cfg_path = lock_dir / f"worker{wid}.json"
         cfg_path.write_text(json.dumps({"devices": list(devices), "jobs_per_device": jobs_per_device,
+                                        # A private lock folder: a pipeline already running on
+                                        # this machine keeps its slots and is not disturbed.
                                         "lock_dir": str(lock_dir / "locks"), "timeout_s": timeout_s,
                                         "init_cuda": init_cuda, "report": str(report), "go": str(go)}))
         procs.append(subprocess.Popen([sys.executable, "-m", "sortkd.gpu_check", "--slot-worker", str(cfg_path)],
