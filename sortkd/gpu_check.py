@@ -501,7 +501,8 @@ def run_checks(options: Options, device: str, workdir: Path) -> dict:
         recommended = recommend_jobs_per_device({int(n): h for n, h in hours.items()})
 
     for path in ("exact", "fast"):
-        paths[path].pop("losses", None)
+        for key in ("losses", "wall_first", "wall_last"):  # compared above / only for the sweep
+            paths[path].pop(key, None)
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **hardware,

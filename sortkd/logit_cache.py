@@ -181,8 +181,9 @@ def copy_to_device(array: np.ndarray, device: torch.device, chunk_bytes: int = L
     row_bytes = max(1, array[:1].nbytes)
     rows = max(1, chunk_bytes // row_bytes)
     for first in range(0, array.shape[0], rows):
-        # copy_ from pageable memory returns once the source was read, so the buffer may go.
-        out[first:first + rows].copy_(torch.from_numpy(np.ascontiguousarray(array[first:first + rows])))
+        # np.array reads the chunk from the mapping into a writable buffer; copy_ from pageable
+        # memory returns once that buffer was read, so it may go.
+        out[first:first + rows].copy_(torch.from_numpy(np.array(array[first:first + rows])))
     return out
 
 
