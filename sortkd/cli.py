@@ -121,9 +121,9 @@ def cmd_export_logits(args) -> int:
         teacher = teacher.to(memory_format=torch.channels_last)
     data = DeviceCifar(load_arrays(Path(args.data)), device)
     meta = export_logits(teacher, info["checkpoint_sha256"], data, dataset_sha256(Path(args.data)),
-                         Path(args.out_dir), dtype=args.dtype, batch_size=args.batch_size,
-                         low_precision=not args.exact)
-    print(f"export: done in {meta['seconds']} s, teacher test top-1 from the cache "
+                         Path(args.out_dir), dtype=args.dtype, batch_size=args.batch_size)
+    tf32 = "" if meta["tf32_during_forward"] is None else ", TF32 off"
+    print(f"export: done in {meta['seconds']} s (fp32 forward{tf32}), teacher test top-1 from the cache "
           f"{meta['teacher_test_top1']:.2f}% (teacher.json: {info['test_top1']:.2f}%)")
     return 0
 
@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--exact", action="store_true", help="fp32 forward on CUDA (default: bf16 autocast)")
+    # The forward is always fp32 now; --exact stays accepted (and ignored) for older workflows.
+    p.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None)
     _add_gpu_slot_args(p)
     p.set_defaults(func=cmd_export_logits)
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_report)
+    from sortkd.gpu_check import register; register(sub)  # noqa: E702 (gpu-check: its one line)
     return parser
 
 

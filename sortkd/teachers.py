@@ -5,7 +5,10 @@ its measured test accuracy. Students and the logit export check the checksum.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
+
 import torch
 from sortkd.files import atomic_path, file_sha256
 from sortkd.files import read_json, write_json
@@ -67,6 +70,34 @@ def load_teacher(teacher_dir: Path, arch: str, device: torch.device) -> tuple[to
     for p in model.parameters():
         p.requires_grad_(False)
     return model, info
+
+
+@contextlib.contextmanager
+def float32_forward(device: torch.device | str) -> Iterator[dict | None]:
+    """Run the teacher in true fp32 on ``device``, whatever the caller set up around it.
+
+    Upstream computes teacher logits in fp32, and the sort reads their order, so a bf16 or
+    TF32 rounding can change which samples count as teacher-wrong. Inside the block autocast
+    is off for the device type, and on CUDA TF32 is off for matmuls and convolutions (PyTorch
+    allows it for convolutions by default). Yields the TF32 settings found on entry
+    (``{"matmul": bool, "cudnn": bool}``) on CUDA, None elsewhere; restores them on exit.
+    """
+    device = torch.device(device)
+    with torch.autocast(device.type, enabled=False):
+        if device.type != "cuda":
+            yield None
+            return
+        # The matmul flag is stored as the float32 matmul precision: save that, not the bool,
+        # so that a user's "medium" comes back as "medium".
+        matmul_precision = torch.get_float32_matmul_precision()
+        cudnn_tf32 = torch.backends.cudnn.allow_tf32
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield {"matmul": matmul_precision != "highest", "cudnn": bool(cudnn_tf32)}
+        finally:
+            torch.set_float32_matmul_precision(matmul_precision)
+            torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
 
 # --- teacher_import -----------------------------------------------------------
@@ -139,7 +170,8 @@ def import_teacher(arch: str, out_dir: Path, data: Path, archive: Path | None = 
     model, _ = load_teacher(out_dir, arch, dev)
     test_x = normalize_images(torch.from_numpy(arrays.test_x)).to(dev)
     test_y = torch.from_numpy(arrays.test_y).long().to(dev)
-    measured = evaluate(model, test_x, test_y, arrays.num_classes)
+    with float32_forward(dev):
+        measured = evaluate(model, test_x, test_y, arrays.num_classes)
     info.update(test_top1=measured["test_top1"], test_top5=measured["test_top5"])
     write_teacher_info(out_dir, info)
     return info

@@ -1,8 +1,8 @@
-"""Smoke tests of benchmarks/train_speed.py: it runs, prints its table and ends with one JSON line.
+"""Smoke tests of benchmarks/train_speed.py and the sortkd.speed modules behind it: it runs,
+prints its table and ends with one JSON line; the step clock times what it should.
 
 No timing is asserted here (speed is measured by the benchmark, never by a unit test).
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -69,35 +69,103 @@ def test_quick_cpu_concurrency():
     assert result["best_processes"] in (1, 2)
 
 
-def _load_module():
-    if "train_speed" in sys.modules:
-        return sys.modules["train_speed"]
-    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_speed"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_step_clock_skips_warmup_and_epoch_boundaries():
-    bench = _load_module()
+    from sortkd.speed.timing import StepClock, StopBenchmark
+
     syncs = []
     # 3 epochs of 4 steps, 2 warm-up steps: epoch 1 times steps 3-4, epochs 2 and 3 steps 2-4.
-    clock = bench.StepClock(steps_per_epoch=4, warmup=2, max_timed=None, sync=lambda: syncs.append(1))
+    clock = StepClock(steps_per_epoch=4, warmup=2, max_timed=None, sync=lambda: syncs.append(1))
     for _ in range(12):
         clock.append(None)
     assert clock.timed == 2 + 3 + 3
     assert len(syncs) == 2 * 3  # one at each window start and end, none in between
     assert clock.ms_per_step >= 0
 
-    clock = bench.StepClock(steps_per_epoch=4, warmup=2, max_timed=4, sync=lambda: None)
-    with pytest.raises(bench.StopBenchmark):
+    clock = StepClock(steps_per_epoch=4, warmup=2, max_timed=4, sync=lambda: None)
+    with pytest.raises(StopBenchmark):
         for _ in range(12):
             clock.append(None)
     assert clock.timed == 4 and clock.done == 7
 
 
 def test_step_clock_needs_two_steps_per_epoch():
-    bench = _load_module()
+    from sortkd.speed.timing import StepClock
+
     with pytest.raises(ValueError, match="at least 2 steps"):
-        bench.StepClock(steps_per_epoch=1, warmup=1, max_timed=None, sync=lambda: None)
+        StepClock(steps_per_epoch=1, warmup=1, max_timed=None, sync=lambda: None)
+
+
+class _RecordingGuard:
+    def __init__(self, events):
+        self.events = events
+        self.is_open = False
+
+    def open(self):
+        assert not self.is_open
+        self.is_open = True
+        self.events.append("open")
+
+    def close(self):
+        if self.is_open:
+            self.events.append("close")
+        self.is_open = False
+
+
+def test_step_clock_guards_exactly_the_timed_steps():
+    """The host-sync guard is on while the timed steps run and off across epoch boundaries,
+    and the device syncs of the clock itself fall outside it."""
+    from sortkd.speed.timing import StepClock
+
+    events = []
+    guard = _RecordingGuard(events)
+    clock = StepClock(steps_per_epoch=4, warmup=2, max_timed=None, sync=lambda: events.append("sync"),
+                      guard=guard, keep_losses=True)
+    guarded_steps = []
+    for step in range(1, 13):
+        if guard.is_open:  # this step's work runs inside a window
+            guarded_steps.append(step)
+        clock.append(float(step))
+    assert guarded_steps == [3, 4, 6, 7, 8, 10, 11, 12]
+    assert len(guarded_steps) == clock.timed
+    assert events == ["sync", "open", "close", "sync"] * 3
+    assert clock.losses == [float(s) for s in range(1, 13)]
+
+
+def test_host_sync_guard_checks_nothing_off_cuda():
+    import torch
+
+    from sortkd.speed.timing import HostSyncGuard
+
+    guard = HostSyncGuard(torch.device("cpu"))
+    guard.open()
+    guard.close()
+    assert guard.windows == 0  # nothing was checked, and the count says so
+
+
+def test_benchmark_options():
+    from sortkd.speed.benchmark import parse_args, sizes_from_args
+
+    args = parse_args(["--device", "cpu", "--quick"])
+    assert (args.teacher, args.student, args.threads) == ("resnet14", "resnet8", 1)
+    assert args.paths == ["reference", "exact", "fast"]
+    sizes = sizes_from_args(args)
+    assert (sizes.num_train, sizes.steps_per_epoch) == (32, 4)
+    args = parse_args(["--device", "cpu", "--paths", "fast,exact", "--concurrency", "1,2,4,8", "--steps", "7"])
+    assert args.paths == ["fast", "exact"] and args.concurrency == [1, 2, 4, 8]
+    assert sizes_from_args(args).steps == 7
+    for bad in (["--paths", "fast,slow"], ["--concurrency", "0,2"], ["--concurrency", "two"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--device", "cpu", *bad])
+
+
+def test_projection_of_grid_hours():
+    from sortkd.speed.projection import aggregate_grid_hours, export_projection, grid_step_hours
+
+    steps = 264 * 240 * 782  # the grid's training steps
+    assert grid_step_hours(2.5) == pytest.approx(steps * 0.0025 / 3600, rel=1e-12)
+    assert aggregate_grid_hours(100.0) == pytest.approx(steps / 100.0 / 3600, rel=1e-12)
+    export = export_projection(20.0, 500, "float16")
+    assert export["views"] == 500 * 162 and export["views_per_s"] == pytest.approx(4050.0)
+    assert export["projected_s_per_teacher"] == pytest.approx(20.0 * 100)  # 50 000 / 500 images
+    assert export["projected_hours_all_teachers"] == pytest.approx(6 * 2000 / 3600)
+    assert export_projection(None, 500, "float16") is None

@@ -110,3 +110,170 @@ def test_bad_caches_are_rejected(exported, tiny_data, tmp_path):
                      cache_dir=str(dirs["float16"]), epochs=1)
     with pytest.raises(CacheError, match="re-export"):
         train_run(spec, tmp_path / "student")
+
+
+# --- fp32 teacher forward and what float16 storage does (issue 13) --------------------------
+
+class _NearTies(torch.nn.Module):
+    """A teacher whose top logit has a partner within 1e-3: float16 storage (ulp 2^-8 near 4)
+    merges or flips such pairs, so the argmax and the sort's input order change in some rows."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        z = self.model(x) * 8
+        c = z.shape[1]
+        top = z.argmax(1, keepdim=True)
+        nudge = 1e-3 * torch.tanh(10 * z.gather(1, (top + 2) % c))
+        return z.scatter(1, (top + 1) % c, z.gather(1, top) + nudge)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    """12 generated images and a random resnet8 teacher: an export takes seconds."""
+    from sortkd.speed.workload import Sizes, prepare_data, prepare_teacher
+
+    work = tmp_path_factory.mktemp("micro")
+    data, data_sha = prepare_data(work, Sizes(classes=4, train_per_class=3, test_per_class=2, batch_size=4,
+                                              epochs=1, warmup=1, steps=None))
+    teacher_dir, teacher_sha, _ = prepare_teacher(work, "resnet8", data, data_sha)
+    teacher, _ = load_teacher(teacher_dir, "resnet8", CPU)
+    return {"data": data, "data_sha": data_sha, "teacher_dir": teacher_dir, "teacher_sha": teacher_sha,
+            "teacher": teacher, "arrays": DeviceCifar(load_arrays(data), CPU), "work": work}
+
+
+def _export(micro, out, teacher=None, dtype="float32"):
+    return export_logits(teacher or micro["teacher"], micro["teacher_sha"], micro["arrays"], micro["data_sha"],
+                         out, dtype=dtype, log=lambda s: None)
+
+
+def test_export_is_fp32_inside_a_bf16_autocast(micro, tmp_path):
+    """A bf16-configured process exporting on the CPU still stores the fp32 logits."""
+    plain = _export(micro, tmp_path / "plain")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = _export(micro, tmp_path / "under_bf16")
+    a = np.load(tmp_path / "plain" / "train_logits.npy")
+    b = np.load(tmp_path / "under_bf16" / "train_logits.npy")
+    assert np.array_equal(a, b)
+    assert under["forward_dtype"] == plain["forward_dtype"] == "float32"
+    assert under["tf32_during_forward"] is None  # no TF32 on the CPU
+    # The fp32 logits are those of a plain forward, and a bf16 forward would have differed.
+    data = micro["arrays"]
+    index = torch.arange(data.num_train)
+    views = (index * 37) % 162
+    x = data.train_batch(index, views)[0]
+    with torch.no_grad():
+        fp32 = micro["teacher"](x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = micro["teacher"](x).float()
+    torch.testing.assert_close(torch.from_numpy(a[index.numpy(), views.numpy()]), fp32, rtol=1e-5, atol=1e-5)
+    assert (bf16 - fp32).abs().max() > 1e-3
+
+
+def _numpy_sort_logits(z: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The sort, row by row from its definition: the target takes the largest value, the
+    classes ranked above it move down one rank, the rest keep theirs (ties: index order)."""
+    out = np.empty_like(z)
+    for r in range(z.shape[0]):
+        order = list(np.argsort(-z[r], kind="stable"))
+        pos = order.index(target[r])
+        new_order = [order[pos]] + order[:pos] + order[pos + 1:]
+        out[r, new_order] = z[r, order]
+    return out
+
+
+def test_meta_rounding_figures_equal_a_recomputation(micro, tmp_path):
+    teacher = _NearTies(micro["teacher"])
+    meta16 = _export(micro, tmp_path / "f16", teacher, "float16")
+    meta32 = _export(micro, tmp_path / "f32", teacher, "float32")
+    f32 = np.load(tmp_path / "f32" / "train_logits.npy").astype(np.float64)
+    f16 = np.load(tmp_path / "f16" / "train_logits.npy").astype(np.float64)
+    n, v, c = f32.shape
+    rows32, rows16 = f32.reshape(n * v, c), f16.reshape(n * v, c)
+    target = np.repeat(micro["arrays"].train_y.numpy(), v)
+    expected = {
+        "rows": n * v,
+        "max_abs_error": float(np.abs(rows16 - rows32).max()),
+        "argmax_changed_rows": int((rows16.argmax(1) != rows32.argmax(1)).sum()),
+        "sort_changed_rows": int((_numpy_sort_logits(rows16, target)
+                                  != _numpy_sort_logits(rows32, target).astype(np.float16)).any(1).sum()),
+    }
+    assert meta16["storage_rounding"] == expected
+    # The teacher was built to make both kinds of change happen: the figures are not all zero.
+    assert expected["argmax_changed_rows"] > 0 and expected["sort_changed_rows"] > 0
+    assert meta32["storage_rounding"] == {"rows": n * v, "max_abs_error": 0.0, "argmax_changed_rows": 0,
+                                          "sort_changed_rows": 0}
+    on_disk = json.loads((tmp_path / "f16" / "meta.json").read_text())
+    assert on_disk["storage_rounding"] == expected
+
+
+def test_float16_overflow_is_an_error(micro, tmp_path):
+    class Huge(torch.nn.Module):
+        def forward(self, x):
+            return micro["teacher"](x) * 1e6
+
+    with pytest.raises(ValueError, match="float32"):
+        _export(micro, tmp_path / "huge", Huge(), "float16")
+    assert not (tmp_path / "huge" / "meta.json").exists()
+
+
+def test_cli_export_prints_the_figures_and_accepts_exact(micro, tmp_path, capsys):
+    from sortkd.cli import main
+
+    base = ["export-logits", "--teacher-dir", str(micro["teacher_dir"]), "--arch", "resnet8",
+            "--data", str(micro["data"]), "--dtype", "float16", "--threads", "1"]
+    assert main(base + ["--out-dir", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    figures = meta["storage_rounding"]
+    assert f"argmax changed in {figures['argmax_changed_rows']} and the sort_logits output" in out
+    assert f"by at most {figures['max_abs_error']:.3g}" in out
+    assert "fp32 forward" in out and meta["forward_dtype"] == "float32"
+    # --exact is kept for older workflows and changes nothing.
+    assert main(base + ["--out-dir", str(tmp_path / "b"), "--exact"]) == 0
+    assert np.array_equal(np.load(tmp_path / "a" / "train_logits.npy"), np.load(tmp_path / "b" / "train_logits.npy"))
+
+
+def test_float32_forward_switches_a_callers_autocast_off():
+    from sortkd.teachers import float32_forward
+
+    layer = torch.nn.Linear(16, 4)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        reference = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer(x).dtype == torch.bfloat16
+            with float32_forward(CPU) as tf32:
+                inside = layer(x)
+            assert layer(x).dtype == torch.bfloat16  # the caller's autocast is back
+    assert tf32 is None and inside.dtype == torch.float32
+    assert torch.equal(inside, reference)
+
+
+# --- the cache on its device (issue 14) -------------------------------------------------------
+
+def test_copy_to_device_in_chunks_is_exact(tmp_path):
+    from sortkd.logit_cache import copy_to_device
+
+    array = np.random.default_rng(0).standard_normal((37, 162, 5)).astype(np.float16)
+    np.save(tmp_path / "a.npy", array)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    # 3 rows per chunk: 13 chunks, the last one short.
+    got = copy_to_device(mapped, CPU, chunk_bytes=3 * 162 * 5 * 2)
+    assert got.dtype == torch.float16 and tuple(got.shape) == array.shape
+    assert np.array_equal(got.numpy(), array)
+
+
+def test_cache_gathers_on_its_device_only(exported, tiny_data):
+    _, info, data, dirs = exported
+    cache = TeacherLogitCache(dirs["float16"], info["checkpoint_sha256"], dataset_sha256(tiny_data),
+                              data.num_train, data.num_classes, CPU)
+    index, views = torch.tensor([0, 3]), torch.tensor([5, 161])
+    got = cache.train_logits(index, views)
+    stored = np.load(dirs["float16"] / "train_logits.npy")
+    assert got.dtype == torch.float32 and got.device == CPU
+    assert np.array_equal(got.numpy(), stored[[0, 3], [5, 161]].astype(np.float32))
+    with pytest.raises(ValueError, match="index is on meta"):
+        cache.train_logits(index.to("meta"), views)
