@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_report)
+    __import__("sortkd.status", fromlist=["register"]).register(sub)  # python -m sortkd status
     return parser
 
 
