@@ -38,7 +38,7 @@ RECENT_EPOCHS = 5          # the trainer's own ETA averages the same window
 LOG_TAIL_BYTES = 256 * 1024
 ERROR_WIDTH = 200          # the text view cuts longer error lines (--json has them whole)
 GPU_CHECK_FILE = "gpu_check.json"
-GPU_CHECK_HINT = "run `python -m sortkd gpu-check` on the GPU box (it writes results/gpu_check.json)"
+GPU_CHECK_HINT = "`python -m sortkd gpu-check` on the GPU box (it writes results/gpu_check.json, which status reads)"
 STATES = ("done", "running", "stalled", "failed", "pending")
 GROUPS = ("teachers", "cifar", "imagenet")
 
@@ -309,7 +309,7 @@ def read_run(target: RunTarget, now: float) -> RunStatus:
     status.epoch_times = [float(r["epoch_s"]) for r in rows]
     status.epochs_done = len(rows)
     status.epochs_total = target.epochs or log_epochs_total(log_text)
-    status.spent_s = sum(status.epoch_times)
+    status.spent_s = float(sum(status.epoch_times))
     if rows:
         status.last_epoch_s = status.epoch_times[-1]
         recent = status.epoch_times[-RECENT_EPOCHS:]
@@ -338,8 +338,14 @@ def stall_threshold(epoch_s: float) -> float:
     return max(STALL_FACTOR * epoch_s, STALL_FLOOR_S)
 
 
+def _pool_keys(run: RunStatus) -> list[tuple[tuple, str]]:
+    """Where a run's epoch time may come from, closest first (teachers have no pair)."""
+    keys = [((run.group, "pair", run.pair), "pair")] if run.pair is not None else []
+    return keys + ([((run.group, "arch", run.arch), "arch")] if run.arch is not None else [])
+
+
 def _estimate(status: RunStatus, pooled: dict, gpu_check: dict | None) -> tuple[float | None, str | None]:
-    for key, source in (((status.group, "pair", status.pair), "pair"), ((status.group, "arch", status.arch), "arch")):
+    for key, source in _pool_keys(status):
         times = pooled.get(key)
         if times:
             return sum(times) / len(times), source
@@ -354,7 +360,7 @@ def finish_estimates(runs: list[RunStatus], gpu_check: dict | None) -> None:
     """Fill epoch times, ETAs, stalls and the job seconds left, from measured epochs."""
     pooled: dict[tuple, list[float]] = {}
     for run in runs:
-        for key in ((run.group, "pair", run.pair), (run.group, "arch", run.arch)):
+        for key, _ in _pool_keys(run):
             pooled.setdefault(key, []).extend(run.epoch_times)
     # Without a config, a run's planned epochs come from its log; one that failed before its
     # first epoch takes those of the other runs of its pair.
@@ -531,7 +537,7 @@ def plan_lines(report: Report) -> list[str]:
     if counts["imagenet"]:
         parts.append(f"{counts['imagenet']} ImageNet runs")
     lines = [f"nothing has run yet. The plan: {len(runs)} training jobs ({', '.join(parts)}),",
-             "  plus the data, teacher import, logit export and report steps."]
+             "  plus the short data, teacher, logit-export and report steps."]
     by_arch: dict[tuple, list[RunStatus]] = {}
     for run in runs:
         by_arch.setdefault((run.group, run.arch, run.epochs_total, run.epoch_s), []).append(run)
@@ -556,10 +562,9 @@ def plan_lines(report: Report) -> list[str]:
             lines.append(f"gpu-check recommends compute.jobs_per_device: {report.gpu_check_jobs_per_device}"
                          f" (the config has {report.config_jobs_per_device})")
     elif report.device == "cuda":
-        lines.append(f"no estimate of the {t.unit} exists yet: {GPU_CHECK_HINT}.")
+        lines.append(f"no estimate of the {t.unit} exists yet. To get one, run {GPU_CHECK_HINT}.")
     else:
-        lines.append(f"no estimate of the {t.unit} exists yet: it appears once the first epochs are "
-                     f"measured (on a GPU box, {GPU_CHECK_HINT}).")
+        lines.append(f"no estimate of the {t.unit} exists yet: it appears once the first epochs are measured.")
     return lines
 
 
@@ -640,7 +645,10 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     """Adds the ``status`` command to the CLI's subparsers (the one line cli.py needs)."""
-    parser = subparsers.add_parser("status", help="where the grid is: run states, ETA, GPU-hours spent and left "
-                                                  "(reads results/ only; safe while the workflow runs)")
+    parser = subparsers.add_parser(
+        "status", help="where the grid is: run states, ETA, GPU-hours spent and left",
+        description="Reads results/ only (no lock, no writes): safe while Snakemake runs, locally or on "
+                    "Slurm. One line per run (done, running, stalled, failed, pending), then the totals; "
+                    "before the first job, the plan (job count and estimated GPU-hours).")
     add_arguments(parser)
     parser.set_defaults(func=run)

@@ -193,6 +193,24 @@ def test_cli_json_and_text(results, monkeypatch, capsys):
     assert "sortkd train: error: teacher info" in text
 
 
+def test_teachers_trained_in_the_grid_are_runs_too(results):
+    config = json.loads(json.dumps(results["config"]))
+    config["teachers"]["resnet8"]["source"] = "train"
+    report = st.collect(st.source_from_config(config, results["root"]))
+    teacher = report.runs[0]
+    teacher_dir = results["root"] / results["grid"].teacher_dir("resnet8")
+    summary = json.loads((teacher_dir / "summary.json").read_text())
+    assert (teacher.group, teacher.name, teacher.state, teacher.best_top1) == \
+        ("teachers", "resnet8", "done", summary["best_top1"])
+    assert teacher.spent_s == sum(r["epoch_s"] for r in metrics(teacher_dir))
+    # The students' estimates still come from student epochs only.
+    pending = next(r for r in report.runs if r.state == "pending")
+    done_dir, _ = results["paths"](results["done"])
+    stopped_dir, _ = results["paths"](results["stopped"])
+    measured = [r["epoch_s"] for r in metrics(done_dir) + metrics(stopped_dir)]
+    assert pending.epoch_s == pytest.approx(sum(measured) / len(measured), rel=1e-12)
+
+
 def test_experiment_folder_lists_what_is_on_disk(results):
     root = results["root"]
     report = st.collect(st.source_from_experiment(root / "results" / "t"))
@@ -251,7 +269,8 @@ def test_plan_on_an_empty_folder_without_an_estimate(tmp_path, monkeypatch, caps
     write_config(tmp_path, device="cuda")
     assert main(["status", "--config", "config.yaml"]) == 0
     text = capsys.readouterr().out
-    assert "no estimate of the GPU-hours exists yet: run `python -m sortkd gpu-check` on the GPU box" in text
+    assert "no estimate of the GPU-hours exists yet. To get one, run `python -m sortkd gpu-check` on the GPU box" \
+        in text
 
 
 def test_plan_from_the_gpu_check_json(tmp_path):
@@ -272,6 +291,34 @@ def test_plan_from_the_gpu_check_json(tmp_path):
     assert f"resnet8         6 runs × {EPOCHS} epochs × 12.50 s/epoch" in text
     assert f"wall time ≈ {st.duration(runs * EPOCHS * epoch_s / 4)} at 4 concurrent jobs" in text
     assert "gpu-check recommends compute.jobs_per_device: 4 (the config has 2)" in text
+
+
+def test_imagenet_runs_join_the_grid(tmp_path):
+    table = Path(__file__).resolve().parents[1] / "workflow" / "tables" / "imagenet.yaml"
+    path = write_config(tmp_path, device="cuda", gpu_devices=[0, 1, 2, 3], jobs_per_device=2)
+    config = yaml.safe_load(path.read_text())
+    config["imagenet"] = {"enabled": True, "root": "imagenet", "table": str(table), "methods": ["kd"],
+                          "variants": ["base", "sort"], "seeds": [0], "gpus_per_run": 8}
+    path.write_text(yaml.safe_dump(config))
+    for split in ("train", "val"):
+        (tmp_path / "imagenet" / split).mkdir(parents=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "gpu_check.json").write_text(json.dumps({"epoch_seconds": {"resnet8": 10.0}}))
+    report = st.collect(st.source_from_config(st.load_config(path), tmp_path))
+    imagenet = [r for r in report.runs if r.group == "imagenet"]
+    pairs = sorted(yaml.safe_load(table.read_text())["pairs"])
+    assert sorted(r.name for r in imagenet) == sorted(f"{p}/kd/{v}/seed0" for p in pairs for v in ("base", "sort"))
+    assert {r.devices for r in imagenet} == {8 / 2}            # 8 GPU slots of 1/2 GPU each
+    assert {r.epochs_total for r in imagenet} == {100}         # the table's recipe
+    run = imagenet[0]
+    assert run.log == str(tmp_path / "results/t/logs/imagenet_student" / f"{run.name}.log")
+    # The gpu-check measures CIFAR students only: the ImageNet runs have no estimate yet.
+    assert report.totals.without_estimate == 4
+    assert report.totals.left_h == pytest.approx(6 * EPOCHS * 10.0 / 2 / 3600, rel=1e-12)
+    text = st.render_text(report)
+    assert "The plan: 10 training jobs (6 CIFAR student runs, 4 ImageNet runs)" in text
+    assert "no figure for 4 runs (ImageNet mobilenetv1: no measured epoch; ImageNet resnet18: no measured epoch)" \
+        in text
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, monkeypatch, capsys):

@@ -6,14 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorboard", reason='the optional extra: pip install -e ".[tensorboard]"')
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer  # noqa: E402
+# The test extra installs the tensorboard extra: these tests run (never skip) in CI.
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-from sortkd.losses import resolve_hparams  # noqa: E402
-from sortkd.training.cifar import train_run  # noqa: E402
-from sortkd.training.tensorboard import EVENT_FILE_PREFIX, TensorBoardLog, tag_of  # noqa: E402
-from tests.conftest import tiny_spec  # noqa: E402
+from sortkd.losses import resolve_hparams
+from sortkd.training.cifar import train_run
+from sortkd.training.tensorboard import EVENT_FILE_PREFIX, TensorBoardLog, tag_of
+from tests.conftest import tiny_spec
 
 PAIR = "resnet8-resnet8"
 
