@@ -376,17 +376,18 @@ def finish_estimates(runs: list[RunStatus], gpu_check: dict | None) -> None:
         if run.epoch_s is None:
             run.epoch_s, run.epoch_s_source = _estimate(run, pooled, gpu_check)
         t, total = run.epoch_s, run.epochs_total
-        if t is None or total is None:
+        if t is None:
+            continue
+        if run.state == "running" and run.idle_s is not None and run.idle_s > stall_threshold(t):
+            run.state = "stalled"
+        if total is None:
             continue
         remaining = max(total - run.epochs_done, 0)
         run.left_s = remaining * t
         if run.state == "running":
-            if run.idle_s is not None and run.idle_s > stall_threshold(t):
-                run.state = "stalled"
-            else:
-                # The epoch under way has had idle_s already; it will not take less than nothing.
-                run.eta_s = max(remaining * t - (run.idle_s or 0.0), max(remaining - 1, 0) * t)
-                run.left_s = run.eta_s
+            # The epoch under way has had idle_s already: credit it, by at most one epoch.
+            run.eta_s = max(remaining * t - (run.idle_s or 0.0), max(remaining - 1, 0) * t)
+            run.left_s = run.eta_s
 
 
 # --- totals ------------------------------------------------------------------------------
