@@ -135,7 +135,7 @@ def cmd_train_imagenet(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from sortkd.report.command import run
+    from sortkd.report.build import run
 
     return run(args)
 
@@ -206,11 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_imagenet)
 
     p = sub.add_parser("report", help="aggregate run summaries into tables, statistics and plots")
-    from sortkd.report.command import add_arguments
+    from sortkd.report.build import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_report)
-    from sortkd.gpu_check import register; register(sub)  # noqa: E702 (gpu-check: its one line)
+    # Commands that live with their own modules register themselves.
+    from sortkd import gpu_check, status
+    gpu_check.register(sub)
+    status.register(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-PURPOSES = ("init", "shuffle", "views", "global")
+PURPOSES = ("init", "shuffle", "views", "global", "strong")
 
 
 def derive_seed(seed: int, purpose: str, epoch: int = 0) -> int:

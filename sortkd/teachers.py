@@ -5,19 +5,18 @@ its measured test accuracy. Students and the logit export check the checksum.
 """
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
-from typing import Iterator
-
-import torch
-from sortkd.files import atomic_path, file_sha256
-from sortkd.files import read_json, write_json
 import shutil
 import tarfile
+from pathlib import Path
+
+import torch
+
 from sortkd.data.cifar import load_arrays
-from sortkd.training.loop import resolve_device
 from sortkd.data.views import normalize_images
-from sortkd.training.loop import evaluate
+from sortkd.experiment.config import TEACHER_ARCHIVE_URL
+from sortkd.files import atomic_path, file_sha256, read_json, write_json
+# float32_forward is re-exported: the logit cache and gpu-check import it from here.
+from sortkd.training.loop import evaluate, float32_forward, resolve_device  # noqa: F401
 
 
 # --- teacher_store ------------------------------------------------------------
@@ -72,37 +71,8 @@ def load_teacher(teacher_dir: Path, arch: str, device: torch.device) -> tuple[to
     return model, info
 
 
-@contextlib.contextmanager
-def float32_forward(device: torch.device | str) -> Iterator[dict | None]:
-    """Run the teacher in true fp32 on ``device``, whatever the caller set up around it.
-
-    Upstream computes teacher logits in fp32, and the sort reads their order, so a bf16 or
-    TF32 rounding can change which samples count as teacher-wrong. Inside the block autocast
-    is off for the device type, and on CUDA TF32 is off for matmuls and convolutions (PyTorch
-    allows it for convolutions by default). Yields the TF32 settings found on entry
-    (``{"matmul": bool, "cudnn": bool}``) on CUDA, None elsewhere; restores them on exit.
-    """
-    device = torch.device(device)
-    with torch.autocast(device.type, enabled=False):
-        if device.type != "cuda":
-            yield None
-            return
-        # The matmul flag is stored as the float32 matmul precision: save that, not the bool,
-        # so that a user's "medium" comes back as "medium".
-        matmul_precision = torch.get_float32_matmul_precision()
-        cudnn_tf32 = torch.backends.cudnn.allow_tf32
-        torch.set_float32_matmul_precision("highest")
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield {"matmul": matmul_precision != "highest", "cudnn": bool(cudnn_tf32)}
-        finally:
-            torch.set_float32_matmul_precision(matmul_precision)
-            torch.backends.cudnn.allow_tf32 = cudnn_tf32
-
-
 # --- teacher_import -----------------------------------------------------------
 
-TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
 
 
 def download_teacher_archive(out: Path, url: str | None = None, md5: str | None = None) -> Path:
@@ -111,13 +81,13 @@ def download_teacher_archive(out: Path, url: str | None = None, md5: str | None 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        download_url(url or TEACHERS_URL, str(out.parent), filename=out.name, md5=md5)
+        download_url(url or TEACHER_ARCHIVE_URL, str(out.parent), filename=out.name, md5=md5)
     except Exception as exc:  # network errors come in many types
         raise RuntimeError(
-            f"could not download the teacher archive from {url or TEACHERS_URL}: {exc}. "
+            f"could not download the teacher archive from {url or TEACHER_ARCHIVE_URL}: {exc}. "
             f"Download it by hand to {out}, or set the teacher's source to 'train' in the config") from exc
     if not out.exists():
-        raise RuntimeError(f"download of {url or TEACHERS_URL} produced no file at {out}")
+        raise RuntimeError(f"download of {url or TEACHER_ARCHIVE_URL} produced no file at {out}")
     return out
 
 

@@ -40,10 +40,13 @@ def tiny_data(tmp_path_factory):
 
 def tiny_spec(data, **overrides):
     from sortkd.experiment.specs import RunSpec
+    from sortkd.losses import resolve_hparams
 
     base = dict(kind="teacher", name="test/teacher", data=str(data), arch="resnet8", epochs=2,
                 batch_size=16, lr=0.05, lr_milestones=[1], threads=1)
     base.update(overrides)
+    # Specs carry complete hyper-parameters (the grid resolves them); so does a test's.
+    base["hparams"] = resolve_hparams(base.get("method", "vanilla"), base.get("hparams"))
     return RunSpec.from_dict(base)
 
 
