@@ -155,32 +155,13 @@ class Source:
     from_config: bool = True
 
 
-def _schema_defaults(value, schema: dict):
-    """``value`` with the schema's defaults filled in, as Snakemake's validate() does."""
-    if not isinstance(schema, dict):
-        return value
-    if value is None and "default" in schema:
-        value = json.loads(json.dumps(schema["default"]))
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        for key, sub in props.items():
-            if key not in value and isinstance(sub, dict) and "default" in sub:
-                value[key] = json.loads(json.dumps(sub["default"]))
-            if key in value:
-                value[key] = _schema_defaults(value[key], sub)
-    return value
-
-
-CONFIG_SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-
-
 def load_config(path: Path) -> dict:
-    import yaml
+    """The config settled exactly as the workflow settles it (defaults, coercion, methods)."""
+    from sortkd.experiment.config import load_config as settled_config
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"config {path} does not exist; pass --config FILE or --experiment DIR")
-    config = yaml.safe_load(Path(path).read_text()) or {}
-    return _schema_defaults(config, yaml.safe_load(CONFIG_SCHEMA.read_text()))
+    return settled_config(path)
 
 
 def source_from_config(config: dict, root: Path = Path("."), config_name: str = "") -> Source:
@@ -222,6 +203,8 @@ def source_from_config(config: dict, root: Path = Path("."), config_name: str = 
         devices_note = f"{threads} CPU thread{'s' if threads > 1 else ''} per job"
     grid_note = " × ".join(plural(len(items), word) for items, word in (
         (grid.pairs, "pair"), (grid.methods, "method"), (config["variants"], "variant"), (grid.seeds, "seed")))
+    if grid.method_pairs:
+        grid_note += " (" + ", ".join(f"{m} on {plural(len(p), 'pair')}" for m, p in grid.method_pairs.items()) + ")"
     return Source(experiment=grid.experiment, out=out, targets=targets, device=compute["device"],
                   unit="GPU-hours" if cuda else "CPU-hours", devices_note=devices_note,
                   gpu_check_path=out.parent / GPU_CHECK_FILE,

@@ -31,10 +31,10 @@ def _positive(value) -> bool:
 
 def test_quick_cpu_comparison(tmp_path):
     out = tmp_path / "speed.json"
-    lines, result = _run("--device", "cpu", "--quick", "--out", str(out))
+    lines, result = _run("--device", "cpu", "--quick", "--out", str(out), "--paths", "reference,exact,fast,mlkd")
     table = "\n".join(lines[:-1])
     assert "ms/step" in table and "grid h" in table
-    for path in ("reference", "exact", "fast", "export"):
+    for path in ("reference", "exact", "fast", "mlkd", "strong", "export"):
         assert any(line.startswith(path) for line in lines[:-1]), f"no table row for {path}:\n{table}"
 
     assert result["benchmark"] == "train_speed" and result["mode"] == "compare"
@@ -50,6 +50,11 @@ def test_quick_cpu_comparison(tmp_path):
     assert result["paths"]["reference"]["time_ratio"] == 1.0
     assert result["paths"]["exact"]["teacher_logits"] == "online"
     assert result["paths"]["fast"]["teacher_logits"] == "cache"
+    # MLKD: the same cache for the weak view; the strong view's two costs measured on their own.
+    assert result["paths"]["mlkd"]["teacher_logits"] == "cache" and "strong: online" in result["paths"]["mlkd"]["what"]
+    assert result["mlkd_time_vs_fast"] == result["mlkd_ms_per_step"] / result["fast_ms_per_step"]
+    assert _positive(result["strong_view"]["render_ms_per_batch"])
+    assert _positive(result["strong_view"]["teacher_forward_ms_per_batch"])
     assert result["grid"] == {"runs": 264, "epochs": 240, "steps_per_epoch": 782, "teachers": 6,
                               "train_images": 50000}
     assert _positive(result["export"]["projected_hours_all_teachers"])

@@ -208,7 +208,7 @@ def test_online_teacher_gives_fp32_logits_to_a_bf16_student(tiny_data, tiny_teac
         return real(name, student, teacher, *args, **kwargs)
 
     monkeypatch.setattr(losses, "compute_loss", recording)
-    teacher_model = trainer.teacher.model
+    teacher_model = trainer.teacher.sources["weak"].model
     with torch.no_grad():
         fp32 = teacher_model(batch.inputs["weak"])
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -258,8 +258,8 @@ def test_a_method_needing_a_view_the_trainer_cannot_render_fails_at_start(tiny_d
                                                                          monkeypatch):
     real = losses.get_method
 
-    class StrongViewToo:  # the method, asking for a strong view of each sample as well (as MLKD will)
-        views = ("weak", "strong")
+    class ThirdView:  # the method, asking for a view that no trainer renders
+        views = ("weak", "strong", "patches")
 
         def __init__(self, name):
             self.inner = real(name)
@@ -267,9 +267,9 @@ def test_a_method_needing_a_view_the_trainer_cannot_render_fails_at_start(tiny_d
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    monkeypatch.setattr(losses, "get_method", StrongViewToo)
-    with pytest.raises(ValueError, match=r"method 'kd' needs the view\(s\) strong, but the cifar100 trainer "
-                                         r"supplies only weak"):
+    monkeypatch.setattr(losses, "get_method", ThirdView)
+    with pytest.raises(ValueError, match=r"method 'kd' needs the view\(s\) patches, but the cifar100 trainer "
+                                         r"supplies only weak, strong"):
         train_run(student_spec(tiny_data, tiny_teacher, teacher_logits="online"), tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
 
@@ -282,7 +282,7 @@ def test_the_log_starts_with_the_resolved_settings(tiny_data, tiny_teacher, tmp_
                         + "), variant sort, hparams alpha=1.0, beta=8.0, ce_weight=1.0, temperature=4.0, warmup=20")
     assert lines[1].startswith("[test/student]   recipe: epochs 1, batch 16, lr 0.05 (x0.1 after epochs 1)")
     assert lines[2].startswith("[test/student]   precision exact (student forward fp32; teacher and evaluation "
-                               "fp32), device cpu") and lines[2].endswith("teacher logits online")
+                               "fp32), device cpu") and lines[2].endswith("teacher logits: weak online")
     assert lines[3].startswith("[test/student] epoch 1/1")
 
 

@@ -92,6 +92,39 @@ def test_every_spec_carries_exactly_its_methods_hyper_parameters():
         assert RunSpec.from_json(spec.to_json()) == spec
 
 
+def test_method_pairs_restricts_a_method_to_some_pairs_only():
+    g = grid(methods={"kd": {}, "mlkd": {}}, method_pairs={"mlkd": ["resnet32x4-resnet8x4"]})
+    runs = g.student_runs()
+    mlkd_pairs = {r.pair for r in runs if r.method == "mlkd"}
+    assert mlkd_pairs == {"resnet32x4-resnet8x4"}
+    assert {r.pair for r in runs if r.method == "kd"} == set(g.pairs) and len(g.pairs) > 1
+    assert len(runs) == (len(g.pairs) + 1) * 2 * 3
+    # MLKD's recipe from the pairs table: 240 epochs, LR 0.025 on this pair.
+    spec = g.student_spec(StudentRun("resnet32x4-resnet8x4", "mlkd", "sort", 0))
+    assert (spec.epochs, spec.lr) == (240, 0.025)
+
+
+@pytest.mark.parametrize("method_pairs, message", [
+    ({"mlkdd": ["vgg13-vgg8"]}, r"^config: method_pairs: 'mlkdd' is not allowed; allowed: .*mlkd, mlkd_ls"),
+    ({"mlkd": ["vgg13-vgg9"]}, r"^config: method_pairs.mlkd: 'vgg13-vgg9' is not allowed; allowed: .*vgg13-vgg8"),
+])
+def test_method_pairs_names_only_methods_and_pairs_of_the_grid(method_pairs, message):
+    with pytest.raises(GridError, match=message):
+        grid(methods={"kd": {}, "mlkd": {}}, method_pairs=method_pairs)
+
+
+def test_method_pairs_of_a_method_outside_the_grid_is_unused():
+    g = grid(methods=["kd"], method_pairs={"mlkd": ["vgg13-vgg8"]})
+    assert {r.method for r in g.student_runs()} == {"kd"} and len(g.student_runs()) == len(g.pairs) * 2 * 3
+
+
+def test_the_demo_runs_mlkd_on_one_pair():
+    g = Grid(settle(raw("config.demo.yaml")), root=REPO)
+    mlkd = [r for r in g.student_runs() if r.method == "mlkd"]
+    assert {r.pair for r in mlkd} == {"resnet14-resnet8"} and len(mlkd) == 4
+    assert g.teacher_logits("resnet14-resnet8") == "cache"   # weak from the cache, strong online
+
+
 # --- the pairs table: recipes, schema, entries the grid does not use ----------------------------
 
 def small_table(**row_extra) -> dict:

@@ -147,7 +147,7 @@ def test_states_eta_and_totals(results):
     assert totals.wall_left_s == pytest.approx(max(left_job_s / 1, running.eta_s), rel=1e-9)
 
     text = st.render_text(report)
-    assert f"runs: 1 done, 1 running, 0 stalled, 1 failed, 3 pending (6 in all)" in text
+    assert "runs: 1 done, 1 running, 0 stalled, 1 failed, 3 pending (6 in all)" in text
     width = st.ERROR_WIDTH                     # the text view cuts long error lines; --json has them whole
     shown = error_lines[0] if len(error_lines[0]) <= width else error_lines[0][:width - 1] + "…"
     assert f"failed   epoch 0/{EPOCHS}  {shown}  log: {failed_log}" in text

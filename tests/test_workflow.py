@@ -20,7 +20,9 @@ import yaml
 from sortkd.losses import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_METHODS = list(yaml.safe_load((REPO / "config.demo.yaml").read_text())["methods"])
+DEMO_CONFIG = yaml.safe_load((REPO / "config.demo.yaml").read_text())
+DEMO_METHODS = list(DEMO_CONFIG["methods"])
+DEMO_METHOD_PAIRS = {m: len(DEMO_CONFIG.get("method_pairs", {}).get(m, [None, None])) for m in DEMO_METHODS}
 # Small but complete: both pairs, the demo's methods, base and sort, two seeds.
 SMALL = ["data={source: synthetic, root: results/demo/data, download: false, "
          "synthetic: {num_classes: 5, train_per_class: 16, test_per_class: 8, seed: 0}}",
@@ -119,7 +121,8 @@ def demo(tmp_path_factory):
 def test_demo_outputs_exist_and_are_sane(demo):
     out = demo / "results" / "demo"
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 2 * len(DEMO_METHODS) * 2 * 2
+    assert "mlkd" in DEMO_METHODS and DEMO_METHOD_PAIRS["mlkd"] == 1   # the demo's two-view method, one pair
+    assert len(runs) == sum(DEMO_METHOD_PAIRS.values()) * 2 * 2
     for column in ("dataset", "teacher", "student", "method", "variant", "seed", "best_top1", "best_epoch",
                    "final_top1", "teacher_top1", "epochs", "wall_s"):
         assert column in runs.columns, column
@@ -128,14 +131,16 @@ def test_demo_outputs_exist_and_are_sane(demo):
     assert (runs["epochs"] == 2).all() and (runs["wall_s"] > 0).all()
     for method in DEMO_METHODS:
         for variant in ("base", "sort"):
-            assert len(runs[(runs.method == method) & (runs.variant == variant)]) == 4
+            assert len(runs[(runs.method == method) & (runs.variant == variant)]) == 2 * DEMO_METHOD_PAIRS[method]
     # The cached pair and the online pair both ran.
     summaries = [json.loads(p.read_text()) for p in out.glob("students/*/*/*/*/summary.json")]
     assert {s["teacher_logits"] for s in summaries} == {"cache", "online"}
     assert (out / "logits" / "resnet14" / "meta.json").exists()
     assert not (out / "logits" / "resnet20").exists()
     table = (out / "table.md").read_text()
-    assert "KD + sort" in table and "Δ sort − base" in table
+    assert "KD + sort" in table and "MLKD + sort" in table and "Δ sort − base" in table
+    mlkd = [s for s in summaries if s["run"]["method"] == "mlkd"]
+    assert len(mlkd) == 4 and {s["run"]["pair"] for s in mlkd} == {"resnet14-resnet8"}
     for png in ["forest.png", "wrong_share_vs_delta.png", "curves_resnet14-resnet8.png",
                 "curves_resnet20-resnet8.png"]:
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -106,14 +106,8 @@ def _lookup(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return table.view(-1)[values.long() + channel_base]
 
 
-def render_views(
-    padded: torch.Tensor,
-    index: torch.Tensor,
-    views: torch.Tensor,
-    mean: Sequence[float] = CIFAR100_MEAN,
-    std: Sequence[float] = CIFAR100_STD,
-) -> torch.Tensor:
-    """Render training views: float32 [B, 3, 32, 32].
+def crop_flip(padded: torch.Tensor, index: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """The crop + flip of training views, still uint8 [B, 3, 32, 32] (the strong view's input).
 
     ``padded`` is uint8 [N, 3, 40, 40] (from :func:`pad_images`); ``index`` and ``views`` are
     int64 [B] on the same device: sample ``b`` is image ``index[b]`` cropped at ``(dy, dx)`` and
@@ -137,13 +131,23 @@ def render_views(
     # A flipped view reads its columns right to left: output column c <- dx + 31 - c.
     cols = dx[:, None] + torch.where(flip[:, None].bool(), (SIZE - 1) - steps, steps)
     channels = torch.arange(3, device=padded.device)
-    values = padded[
+    return padded[
         index[:, None, None, None],
         channels[None, :, None, None],
         rows[:, None, :, None],
         cols[:, None, None, :],
     ]
-    return _lookup(values, normalization_table(mean, std, padded.device))
+
+
+def render_views(
+    padded: torch.Tensor,
+    index: torch.Tensor,
+    views: torch.Tensor,
+    mean: Sequence[float] = CIFAR100_MEAN,
+    std: Sequence[float] = CIFAR100_STD,
+) -> torch.Tensor:
+    """Render training views (:func:`crop_flip`, then normalized): float32 [B, 3, 32, 32]."""
+    return _lookup(crop_flip(padded, index, views), normalization_table(mean, std, padded.device))
 
 
 def normalize_images(
@@ -177,3 +181,10 @@ class DeviceCifar:
 
     def train_batch(self, index: torch.Tensor, views: torch.Tensor):
         return render_views(self.train_padded, index, views), self.train_y[index]
+
+    def strong_batch(self, index: torch.Tensor, views: torch.Tensor, draws) -> torch.Tensor:
+        """MLKD's strong view: crop + flip, RandAugment + Cutout on uint8, then normalized.
+        ``draws`` (``sortkd.data.randaugment.StrongDraws``) holds one row per sample of the batch."""
+        from sortkd.data.randaugment import rand_augment
+
+        return normalize_images(rand_augment(crop_flip(self.train_padded, index, views), draws))

@@ -152,6 +152,13 @@ class StudentGrid:
         self.methods = list(self.method_settings)
         for method in self.methods:
             _allowed(f"{prefix}methods", method, allowed)
+        # A restriction of a method outside the selection is kept and unused (as table entries
+        # are), so `--config 'methods=[kd]'` works on a config that restricts mlkd.
+        self.method_pairs: dict[str, list[str]] = dict(section.get("method_pairs") or {})
+        for method, pairs in self.method_pairs.items():
+            _allowed(f"{prefix}method_pairs", method, allowed)
+            for pair in pairs:
+                _allowed(f"{prefix}method_pairs.{method}", pair, list(rows))
         self.variants = list(section["variants"])
         for variant in self.variants:
             _allowed(f"{prefix}variants", variant, VARIANTS)
@@ -162,6 +169,7 @@ class StudentGrid:
 
     def runs(self) -> list[StudentRun]:
         return [StudentRun(p, m, v, s) for p in self.pairs for m in self.methods
+                if p in self.method_pairs.get(m, [p])
                 for v in self.variants for s in self.seeds]
 
     @property

@@ -19,6 +19,10 @@ goes to stderr).
     python benchmarks/train_speed.py --device cuda
     python benchmarks/train_speed.py --device cuda --concurrency 1,2,4,8
 
+``--paths reference,exact,fast,mlkd`` adds MLKD + sort on the fast path (weak logits from the
+cache, the strong view's teacher run online) and times the strong view's two costs on their own:
+rendering it and the teacher forward on it.
+
 ``--concurrency`` launches N processes of the fast path at once (after one shared export) and
 reports the aggregate steps/s: the number behind ``compute.jobs_per_device``.
 """
@@ -40,7 +44,7 @@ from sortkd.speed import concurrency
 from sortkd.speed.projection import GRID, GRID_EPOCHS, GRID_RUNS, GRID_STEPS_PER_EPOCH, GRID_TEACHERS
 from sortkd.speed.projection import export_projection, grid_step_hours
 from sortkd.speed.reference import time_reference
-from sortkd.speed.timing import METHOD, PATHS, VARIANT, time_train_run
+from sortkd.speed.timing import METHOD, OPTIONAL_PATHS, PATHS, VARIANT, time_strong_view, time_train_run
 from sortkd.speed.workload import (Prepared, Sizes, default_pair, default_sizes, export_cache, fast_precision,
                                    log, prepare, release_memory, torch_device)
 
@@ -71,7 +75,9 @@ def common_header(args, sizes: Sizes, prep: Prepared) -> dict:
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
+    if value is None:  # keep the column width: ">9.3f" -> ">9"
+        return format(missing, spec.split(".")[0])
+    return format(value, spec)
 
 
 def print_table(result: dict) -> None:
@@ -89,6 +95,11 @@ def print_table(result: dict) -> None:
         print(f"{name:<10} {row['ms_per_step']:>9.2f} {_fmt(row.get('time_ratio'), '>9.3f')} "
               f"{_fmt(row.get('speedup'), '>9.2f')} {row['timed_steps']:>6d} "
               f"{_fmt(row.get('epoch_s'), '>8.2f')} {row['grid_hours']:>9.1f}  {row['what']}")
+    strong = result.get("strong_view")
+    if strong:
+        print(f"strong     per batch of {strong['batch_size']}: render {strong['render_ms_per_batch']:.2f} ms, "
+              f"teacher forward {strong['teacher_forward_ms_per_batch']:.2f} ms (over {strong['batches']} batches; "
+              "the mlkd row includes both, plus the student's second forward and backward)")
     if export:
         print(f"export     {export['views']} views ({export['images']} images x 162) in "
               f"{export['seconds']:.2f} s, {export['views_per_s']:.0f} views/s, fp32 forward, "
@@ -104,8 +115,9 @@ def run_comparison(args, sizes: Sizes, workdir: Path) -> dict:
     device = torch_device(args.device)
     prep = prepare(workdir, sizes, args.teacher)
     paths: dict[str, dict] = {}
+    strong_view = None
     for path in args.paths:
-        if path == "fast":
+        if path in ("fast", "mlkd") and prep.export_s is None:
             export_cache(prep, args.teacher, device, workdir)
             log(f"export: {prep.export_s:.2f} s")
         t0 = time.perf_counter()
@@ -119,16 +131,23 @@ def run_comparison(args, sizes: Sizes, workdir: Path) -> dict:
         log(f"{path}: {paths[path]['ms_per_step']:.2f} ms/step over {paths[path]['timed_steps']} steps "
             f"({time.perf_counter() - t0:.1f} s in all)")
         release_memory(device)
+        if path == "mlkd":
+            strong_view = time_strong_view(prep, args.teacher, args.device, sizes)
+            release_memory(device)
     export = export_projection(prep.export_s, prep.num_train, prep.cache_dtype)
     ref = paths.get("reference")
     for name, row in paths.items():
         row["grid_hours"] = grid_step_hours(row["ms_per_step"])
-        if name == "fast" and export:
+        if name in ("fast", "mlkd") and export:
             row["grid_hours"] += export["projected_hours_all_teachers"]
         if ref:
             row["time_ratio"] = row["ms_per_step"] / ref["ms_per_step"]
             row["speedup"] = ref["ms_per_step"] / row["ms_per_step"]
     result = {**common_header(args, sizes, prep), "mode": "compare", "paths": paths, "export": export}
+    if strong_view:
+        result["strong_view"] = strong_view
+    if "mlkd" in paths and "fast" in paths:
+        result["mlkd_time_vs_fast"] = paths["mlkd"]["ms_per_step"] / paths["fast"]["ms_per_step"]
     # Flat copies of the headline numbers, for scripts.
     for name, row in paths.items():
         result[f"{name}_ms_per_step"] = row["ms_per_step"]
@@ -191,7 +210,8 @@ def parse_args(argv=None):
     p.add_argument("--classes", type=int, default=None, help="generated classes (default 100; --quick 4)")
     p.add_argument("--train-per-class", type=int, default=None, help="default 500 (--quick 8)")
     p.add_argument("--test-per-class", type=int, default=None, help="default 100 (--quick 4)")
-    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of reference,exact,fast")
+    p.add_argument("--paths", default=",".join(PATHS),
+                   help=f"comma-separated subset of {','.join(PATHS + OPTIONAL_PATHS)} (default {','.join(PATHS)})")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop (default 2)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's own, --quick 1; concurrency: cores / processes)")
@@ -209,9 +229,9 @@ def parse_args(argv=None):
         # on cores other processes are using can make each step ten times slower.
         args.threads = 1
     args.paths = [x.strip() for x in args.paths.split(",") if x.strip()]
-    bad = [x for x in args.paths if x not in PATHS]
+    bad = [x for x in args.paths if x not in PATHS + OPTIONAL_PATHS]
     if bad or not args.paths:
-        p.error(f"--paths: unknown {bad}; allowed: {', '.join(PATHS)}")
+        p.error(f"--paths: unknown {bad}; allowed: {', '.join(PATHS + OPTIONAL_PATHS)}")
     if args.concurrency is not None:
         try:
             args.concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]

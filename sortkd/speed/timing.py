@@ -20,6 +20,10 @@ from sortkd.speed.workload import SEED, Prepared, Sizes, fast_precision, make_sy
 
 METHOD, VARIANT, LR = "kd", "sort", 0.05
 PATHS = ("reference", "exact", "fast")
+# Opt-in: MLKD + sort on the fast path (weak logits from the cache, the strong view's teacher
+# online): what the second view costs against "fast".
+OPTIONAL_PATHS = ("mlkd",)
+MLKD = "mlkd"
 
 
 class StopBenchmark(Exception):
@@ -132,16 +136,18 @@ class StepClock:
 
 def student_spec(prep: Prepared, teacher: str, student: str, device: str, sizes: Sizes, path: str,
                  out_name: str, threads: int | None):
-    """The run spec of the ``exact`` path (online teacher, fp32) or the ``fast`` path (cache)."""
+    """The run spec of the ``exact`` path (online teacher, fp32), the ``fast`` path (cache) or
+    the ``mlkd`` path (the fast path's settings with MLKD: cache for the weak view only)."""
     from sortkd.experiment.specs import RunSpec
     from sortkd.losses import resolve_hparams
 
-    if path not in ("exact", "fast"):
-        raise ValueError(f"train_run path {path!r} is not known; allowed: exact, fast")
-    fast = path == "fast"
+    if path not in ("exact", "fast", "mlkd"):
+        raise ValueError(f"train_run path {path!r} is not known; allowed: exact, fast, mlkd")
+    fast = path in ("fast", "mlkd")
+    method = MLKD if path == "mlkd" else METHOD
     return RunSpec(
         kind="student", name=f"bench/{out_name}", data=prep.data, arch=student,
-        method=METHOD, variant=VARIANT, hparams=resolve_hparams(METHOD, {}), seed=SEED,
+        method=method, variant=VARIANT, hparams=resolve_hparams(method, {}), seed=SEED,
         epochs=sizes.epochs, batch_size=sizes.batch_size,
         lr=LR, pair=f"{teacher}-{student}", teacher_arch=teacher,
         teacher_dir=prep.teacher_dir, teacher_logits="cache" if fast else "online",
@@ -179,9 +185,11 @@ def time_train_run(prep: Prepared, teacher: str, student: str, device: str, size
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         if rows:
             epoch_s = rows[-1]["epoch_s"]
+    precision_note = ", bf16 autocast + channels_last" if spec.precision == "bf16" else ", precision exact"
     if path == "fast":
-        what = (f"train_run, logit cache ({prep.cache_dtype})"
-                + (", bf16 autocast + channels_last" if spec.precision == "bf16" else ", precision exact"))
+        what = f"train_run, logit cache ({prep.cache_dtype})" + precision_note
+    elif path == "mlkd":
+        what = f"train_run MLKD, weak: cache ({prep.cache_dtype}), strong: online teacher" + precision_note
     else:
         what = "train_run, online teacher, precision exact"
     result = {"ms_per_step": clock.ms_per_step, "timed_steps": clock.timed, "epoch_s": epoch_s,
@@ -192,3 +200,42 @@ def time_train_run(prep: Prepared, teacher: str, student: str, device: str, size
     if keep_losses:
         result["losses"] = torch.stack(clock.losses).double().cpu().tolist() if clock.losses else []
     return result
+
+
+def time_strong_view(prep: Prepared, teacher: str, device: str, sizes: Sizes, batches: int = 20) -> dict:
+    """What the strong view adds per step, measured alone on the benchmark's data and teacher:
+    rendering it (crop + flip, RandAugment + Cutout, normalization) and the teacher's fp32
+    forward on it. The first two batches warm up and are not timed."""
+    from sortkd.data.cifar import load_arrays
+    from sortkd.data.views import DeviceCifar
+    from sortkd.teachers import load_teacher
+    from sortkd.training.cifar import strong_epoch_draws
+    from sortkd.training.loop import fp32_logits
+
+    dev = torch_device(device)
+    sync = make_sync(dev)
+    data = DeviceCifar(load_arrays(Path(prep.data)), dev)
+    model, _ = load_teacher(Path(prep.teacher_dir), teacher, dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    views, draws = strong_epoch_draws(SEED, 0, data.num_train, data.num_views)
+    views, draws = views.to(dev), draws.to(dev)
+    order = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(SEED)).to(dev)
+    render_s = forward_s = 0.0
+    timed = 0
+    for step in range(batches + 2):
+        first = (step * sizes.batch_size) % max(data.num_train - sizes.batch_size + 1, 1)
+        index = order[first:first + sizes.batch_size]
+        sync()
+        t0 = time.perf_counter()
+        images = data.strong_batch(index, views[index], draws[index])
+        sync()
+        t1 = time.perf_counter()
+        fp32_logits(model, images.contiguous(memory_format=torch.channels_last) if dev.type == "cuda" else images)
+        sync()
+        t2 = time.perf_counter()
+        if step >= 2:
+            render_s, forward_s, timed = render_s + t1 - t0, forward_s + t2 - t1, timed + 1
+    return {"batches": timed, "batch_size": sizes.batch_size,
+            "render_ms_per_batch": 1000.0 * render_s / timed,
+            "teacher_forward_ms_per_batch": 1000.0 * forward_s / timed}

@@ -4,10 +4,12 @@ It supplies the loop (``sortkd.training.loop.Trainer``) with the device-resident
 their views, the teacher's logits (online or from the logit cache) and the test set. Teachers
 also get ``model.pt`` and ``teacher.json`` in their run folder.
 
-Views: a sample's "weak" view is the standard crop + flip (``sortkd.data.views``). A method that
-asks for another view (``method.views``) fails at start; a strong view plugs in by rendering
-it in ``train_batches`` and serving its logits from an ``OnlineTeacher`` (the cache holds the
-weak views only).
+Views: a sample's "weak" view is the standard crop + flip (``sortkd.data.views``). A method
+that also asks for the "strong" view (MLKD, ``method.views``) gets, per sample, an independent
+crop + flip followed by RandAugment + Cutout (``sortkd.data.randaugment``), all drawn from the
+(seed, "strong", epoch) stream: base and sort runs of a seed see the same strong views. Random
+strong views cannot be cached, so their teacher logits always come from the teacher run online
+(fp32); the weak view's still come from the logit cache when the spec says so.
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from pathlib import Path
 import torch
 
 from sortkd.data.cifar import load_arrays
+from sortkd.data.randaugment import draw_strong
 from sortkd.data.views import DeviceCifar
 from sortkd.experiment.specs import RunSpec
 from sortkd.logit_cache import TeacherLogitCache, dataset_sha256
 from sortkd.models import build
-from sortkd.seeding import epoch_order, epoch_views, seeded_global_rng
+from sortkd.seeding import epoch_order, epoch_views, generator, seeded_global_rng
 from sortkd.teachers import load_teacher, read_teacher_info, save_teacher_model, write_teacher_info
 from sortkd.training.loop import Batch, Trainer, fp32_logits, memory_format_for, resolve_device
 
@@ -59,10 +62,33 @@ class CachedTeacher:
         return self.cache.train_logits(batch.index, batch.view_ids)
 
 
+class TeacherByView:
+    """The teacher's logits of each view from its own source: the cache or the online teacher."""
+
+    def __init__(self, sources: dict, info: dict):
+        self.sources, self.info = sources, info
+
+    def logits(self, batch: Batch, view: str) -> torch.Tensor:
+        return self.sources[view].logits(batch, view)
+
+    def describe(self) -> str:
+        return ", ".join(f"{view} {'cache' if isinstance(source, CachedTeacher) else 'online'}"
+                         for view, source in self.sources.items())
+
+
+def strong_epoch_draws(seed: int, epoch: int, num_samples: int, num_views: int):
+    """The strong view's choices for one epoch, indexed by sample id: a crop + flip view id of its
+    own (the upstream pipelines draw their crops independently) and the RandAugment + Cutout draws."""
+    stream = generator(seed, "strong", epoch)
+    draws = draw_strong(num_samples, stream)
+    view_ids = torch.randint(0, num_views, (num_samples,), generator=stream)
+    return view_ids, draws
+
+
 class CifarTrainer(Trainer):
     """``device`` defaults to the spec's; the placement tests pass the "meta" device."""
 
-    views = ("weak",)
+    views = ("weak", "strong")
 
     def __init__(self, spec: RunSpec, out_dir: Path, device: torch.device | None = None):
         if spec.threads:
@@ -78,27 +104,35 @@ class CifarTrainer(Trainer):
         spec, data = self.spec, self.data
         if spec.kind == "teacher":
             return None
+        sources: dict = {}
         if spec.teacher_logits == "cache":
-            source = CachedTeacher(Path(spec.teacher_dir), Path(spec.cache_dir), dataset_sha256(Path(spec.data)),
+            cached = CachedTeacher(Path(spec.teacher_dir), Path(spec.cache_dir), dataset_sha256(Path(spec.data)),
                                    data.num_train, data.num_classes, self.device)
-        else:
-            source = OnlineTeacher(Path(spec.teacher_dir), spec.teacher_arch, self.device, self.memory_format)
-        missing = [v for v in self.method_views if source.views is not None and v not in source.views]
-        if missing:
-            raise ValueError(f"run {spec.name}: teacher_logits={spec.teacher_logits!r} has no logits for the "
-                             f"view(s) {', '.join(missing)} of method {spec.method!r}; use teacher_logits='online'")
-        return source
+            sources = {v: cached for v in self.method_views if v in cached.views}
+        if len(sources) < len(self.method_views):
+            # Only the views the cache cannot hold (the random strong view) pay a teacher forward.
+            online = OnlineTeacher(Path(spec.teacher_dir), spec.teacher_arch, self.device, self.memory_format)
+            sources.update({v: online for v in self.method_views if v not in sources})
+        info = next(iter(sources.values())).info
+        return TeacherByView({v: sources[v] for v in self.method_views}, info)
 
     def train_batches(self, epoch: int):
         spec, data = self.spec, self.data
         order = epoch_order(spec.seed, epoch, data.num_train).to(self.device)
         views = epoch_views(spec.seed, epoch, data.num_train, data.num_views).to(self.device)
+        strong = None
+        if "strong" in self.method_views:
+            strong_views, strong_draws = strong_epoch_draws(spec.seed, epoch, data.num_train, data.num_views)
+            strong = strong_views.to(self.device), strong_draws.to(self.device)
         for first in range(0, data.num_train, spec.batch_size):
             index = order[first:first + spec.batch_size]
             view_ids = views[index]
             images, target = data.train_batch(index, view_ids)
-            images = images.contiguous(memory_format=self.memory_format)
-            yield Batch({"weak": images}, target, index, view_ids)
+            inputs = {"weak": images.contiguous(memory_format=self.memory_format)}
+            if strong is not None:
+                inputs["strong"] = data.strong_batch(index, strong[0][index], strong[1][index]).contiguous(
+                    memory_format=self.memory_format)
+            yield Batch(inputs, target, index, view_ids)
 
     def teacher_logits(self, batch: Batch, view: str) -> torch.Tensor:
         return self.teacher.logits(batch, view)
@@ -116,7 +150,11 @@ class CifarTrainer(Trainer):
         return {"teacher_top1": self.teacher.info["test_top1"], "teacher_logits": self.spec.teacher_logits}
 
     def settings_extras(self) -> str:
-        return "" if self.teacher is None else f", teacher logits {self.spec.teacher_logits}"
+        return "" if self.teacher is None else f", teacher logits: {self.teacher.describe()}"
+
+    def provenance_extras(self) -> dict:
+        return {} if self.teacher is None else {"teacher_logits_by_view": {
+            v: "cache" if isinstance(src, CachedTeacher) else "online fp32" for v, src in self.teacher.sources.items()}}
 
     def finish(self, summary: dict) -> None:
         if self.spec.kind != "teacher":
