@@ -254,6 +254,23 @@ def test_teacher_forward_switches_tf32_off_on_cuda_and_restores_it():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def test_exact_switches_tf32_off_for_the_student_on_cuda_only():
+    from sortkd.training.loop import fp32_means_fp32
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        for device, precision in ((torch.device("cpu"), "exact"), (torch.device("cuda"), "bf16")):
+            fp32_means_fp32(device, precision)
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        fp32_means_fp32(torch.device("cuda"), "exact")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        record = precision_record(torch.device("cuda"), "exact")
+        assert record["student_tf32_matmul"] is False and record["student_tf32_cudnn"] is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def test_a_method_needing_a_view_the_trainer_cannot_render_fails_at_start(tiny_data, tiny_teacher, tmp_path,
                                                                          monkeypatch):
     real = losses.get_method

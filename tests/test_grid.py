@@ -292,6 +292,10 @@ def test_imagenet_specs_are_complete_with_config_overrides_on_top(imagenet_root)
 def test_imagenet_methods_must_be_in_the_table(imagenet_root):
     with pytest.raises(GridError, match="config: imagenet.methods: 'dkd_ls' is not allowed; allowed: "):
         imagenet_grid(imagenet_root, methods=["dkd_ls"])
+    # In the table, but the ImageNet trainer renders no strong view: refused when the DAG is built.
+    with pytest.raises(GridError, match=r"^config: imagenet.methods: 'mlkd' needs the view\(s\) strong, which the "
+                                        r"ImageNet trainer does not render; it runs on CIFAR-100 only$"):
+        imagenet_grid(imagenet_root, methods=["kd", "mlkd"])
 
 
 def test_a_bad_imagenet_table_is_one_line(tmp_path, imagenet_root):

@@ -134,6 +134,7 @@ class StudentGrid:
     against the tables and the registry), the hyper-parameters of a (pair, method), the runs."""
 
     dataset_key = ""        # where the selection lives in the config ("" = top level)
+    single_view_only = False  # True where the trainer renders the weak view only (ImageNet)
     out: str
 
     def _select(self, section: dict, rows: dict[str, dict], table_methods: dict | None) -> None:
@@ -152,6 +153,10 @@ class StudentGrid:
         self.methods = list(self.method_settings)
         for method in self.methods:
             _allowed(f"{prefix}methods", method, allowed)
+            if self.single_view_only and len(METHODS[method].views) > 1:
+                raise GridError(f"config: {prefix}methods: {method!r} needs the view(s) "
+                                f"{', '.join(METHODS[method].views[1:])}, which the ImageNet trainer does not "
+                                "render; it runs on CIFAR-100 only")
         # A restriction of a method outside the selection is kept and unused (as table entries
         # are), so `--config 'methods=[kd]'` works on a config that restricts mlkd.
         self.method_pairs: dict[str, list[str]] = dict(section.get("method_pairs") or {})
@@ -317,6 +322,7 @@ class ImageNetGrid(StudentGrid):
     """The ImageNet experiment (config `imagenet:`, off by default): multi-GPU student runs."""
 
     dataset_key = "imagenet"
+    single_view_only = True
 
     def __init__(self, config: dict, out: str, root: str | Path = "."):
         """``config`` is settled (sortkd.experiment.config.settle)."""

@@ -20,14 +20,15 @@ from sortkd.losses.registry import Method, register
 class _GradientReversal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lambda_):
-        ctx.save_for_backward(torch.as_tensor(lambda_, dtype=x.dtype, device=x.device))
+        # A Python λ stays a Python number: making a device tensor of it every step would be a
+        # blocking host-to-device copy on CUDA (one host sync per CTKD step).
+        ctx.lambda_ = lambda_ if isinstance(lambda_, torch.Tensor) else float(lambda_)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        (lambda_,) = ctx.saved_tensors
         # λ ≤ 0: the gradient is flipped and scaled, so the input ascends the loss.
-        return grad * lambda_, None
+        return grad * ctx.lambda_, None
 
 
 def gradient_reversal(x: torch.Tensor, lambda_) -> torch.Tensor:

@@ -13,7 +13,8 @@ entry (``training/cifar.py``, ``training/imagenet.py``) subclasses it and suppli
 
 Precision: ``precision: bf16`` autocasts the student's training forward (and so its backward)
 to bf16, on CUDA and on the CPU. Teacher logits and test evaluation always run in fp32, and on
-CUDA with TF32 off (``float32_forward``).
+CUDA with TF32 off (``float32_forward``); ``precision: exact`` switches TF32 off for the
+student's training too (``fp32_means_fp32``).
 
 Run folder files: ``checkpoint.pt`` (atomic, every epoch; used to resume), ``metrics.jsonl``
 (one row per epoch), ``summary.json`` and ``provenance.json`` once the run is complete.
@@ -76,6 +77,14 @@ def autocast_for(device: torch.device, precision: str):
     raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
 
 
+def fp32_means_fp32(device: torch.device, precision: str) -> None:
+    """``exact`` on CUDA: no TF32 anywhere in the process (PyTorch's default lets cuDNN
+    convolutions, forward and backward, round their inputs to TF32). Set once per run process,
+    before the first step; provenance.json records the flags."""
+    if device.type == "cuda" and precision == "exact":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+
 def memory_format_for(precision: str) -> torch.memory_format:
     # channels_last is what bf16 convolutions are fast in; exact keeps the reference layout.
     return torch.channels_last if precision == "bf16" else torch.contiguous_format
@@ -101,15 +110,14 @@ def float32_forward(device: torch.device | str):
         if device.type != "cuda":
             yield None
             return
-        # The matmul switch is kept as the float32 matmul precision: saving the string brings
-        # a user's "medium" back as "medium".
-        matmul_precision, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-        torch.set_float32_matmul_precision("highest")
-        torch.backends.cudnn.allow_tf32 = False
+        # Only the two boolean switches (torch >= 1.7), read and written alike: since torch 2.9,
+        # mixing them with set/get_float32_matmul_precision can make the getter raise.
+        matmul_tf32, cudnn_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         try:
-            yield {"matmul": matmul_precision != "highest", "cudnn": bool(cudnn_tf32)}
+            yield {"matmul": bool(matmul_tf32), "cudnn": bool(cudnn_tf32)}
         finally:
-            torch.set_float32_matmul_precision(matmul_precision)
+            torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
             torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
 
@@ -125,7 +133,7 @@ def precision_record(device: torch.device, precision: str) -> dict:
     record = {"student_forward": "bf16 autocast" if precision == "bf16" else "fp32",
               "teacher_forward": "fp32", "evaluation": "fp32"}
     if device.type == "cuda":
-        record.update(student_tf32_matmul=torch.get_float32_matmul_precision() != "highest",
+        record.update(student_tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
                       student_tf32_cudnn=torch.backends.cudnn.allow_tf32, teacher_tf32=False)
     return record
 
@@ -428,6 +436,7 @@ class Trainer:
         self.hparams = spec.hparams  # complete: the spec was resolved once, at DAG construction
         self.method_views = tuple(getattr(self.method, "views", ("weak",)))
         self.autocast = autocast_for(device, spec.precision)
+        fp32_means_fp32(device, spec.precision)
         self.memory_format = memory_format_for(spec.precision)
         self.progress = EpochProgress(spec.name, spec.epochs) if is_main else None
         self.method_state = self.method.make_state(self.hparams)
