@@ -31,7 +31,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,11 +135,9 @@ def run(args) -> int:
         return 2
     options = options_from_args(args)
     with contextlib.ExitStack() as stack:
-        if args.keep:
-            workdir = Path(args.keep)
-            workdir.mkdir(parents=True, exist_ok=True)
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sortkd-gpu-check-")))
+        from sortkd.speed.workload import work_folder  # torch: not at import (the CLI parser loads this module)
+
+        workdir = work_folder(stack, args.keep, "sortkd-gpu-check-")
         report = run_checks(options, "cuda", workdir)
     print(format_table(report))
     write_report(report, Path(args.out))

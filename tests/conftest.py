@@ -57,3 +57,23 @@ def tiny_teacher(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
     train_run(tiny_spec(tiny_data, epochs=3), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_caches(tiny_data, tiny_teacher, tmp_path_factory):
+    """The tiny teacher's logit cache in float16 and float32 (small chunks: the chunking runs)."""
+    from sortkd.data.cifar import load_arrays
+    from sortkd.data.views import DeviceCifar
+    from sortkd.logit_cache import dataset_sha256, export_logits
+    from sortkd.teachers import load_teacher
+
+    cpu = torch.device("cpu")
+    teacher, info = load_teacher(tiny_teacher, "resnet8", cpu)
+    data = DeviceCifar(load_arrays(tiny_data), cpu)
+    out = {}
+    for dtype in ("float16", "float32"):
+        d = tmp_path_factory.mktemp(f"cache_{dtype}")
+        export_logits(teacher, info["checkpoint_sha256"], data, dataset_sha256(tiny_data), d,
+                      dtype=dtype, images_per_chunk=7, batch_size=100, log=lambda s: None)
+        out[dtype] = d
+    return out

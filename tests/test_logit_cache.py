@@ -17,16 +17,10 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_data, tiny_teacher, tmp_path_factory):
+def exported(tiny_data, tiny_teacher, tiny_caches):
     teacher, info = load_teacher(tiny_teacher, "resnet8", CPU)
     data = DeviceCifar(load_arrays(tiny_data), CPU)
-    out = {}
-    for dtype in ("float16", "float32"):
-        d = tmp_path_factory.mktemp(f"cache_{dtype}")
-        export_logits(teacher, info["checkpoint_sha256"], data, dataset_sha256(tiny_data), d,
-                      dtype=dtype, images_per_chunk=7, batch_size=100, log=lambda s: None)
-        out[dtype] = d
-    return teacher, info, data, out
+    return teacher, info, data, tiny_caches
 
 
 def online(teacher, data, index, views):

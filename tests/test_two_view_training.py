@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from conftest import tiny_spec
-from sortkd.cli import main as cli
 from sortkd.data.cifar import load_arrays
 from sortkd.data.randaugment import rand_augment
 from sortkd.data.views import DeviceCifar, crop_flip, normalize_images, pad_images
@@ -27,12 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_cache(tiny_data, tiny_teacher, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cache")
-    assert cli(["export-logits", "--teacher-dir", str(tiny_teacher), "--arch", "resnet8",
-                "--data", str(tiny_data), "--out-dir", str(out), "--dtype", "float32",
-                "--threads", "1"]) == 0
-    return out
+def tiny_cache(tiny_caches):
+    return tiny_caches["float32"]
 
 
 def mlkd_spec(tiny_data, tiny_teacher, variant="sort", **overrides):

@@ -34,7 +34,6 @@ import datetime as dt
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from sortkd.speed.projection import GRID, GRID_EPOCHS, GRID_RUNS, GRID_STEPS_PER
 from sortkd.speed.projection import export_projection, grid_step_hours
 from sortkd.speed.reference import time_reference
 from sortkd.speed.timing import METHOD, OPTIONAL_PATHS, PATHS, VARIANT, time_strong_view, time_train_run
-from sortkd.speed.workload import (Prepared, Sizes, default_pair, default_sizes, export_cache, fast_precision,
+from sortkd.speed.workload import (Prepared, Sizes, default_pair, default_sizes, export_cache, fast_precision, work_folder,
                                    log, prepare, release_memory, torch_device)
 
 
@@ -269,11 +268,7 @@ def main(argv=None) -> int:
             "days (docs/benchmarks.md). Use --quick, smaller --classes/--train-per-class, or "
             "--paths reference,exact.")
     with contextlib.ExitStack() as stack:
-        if args.keep:
-            workdir = Path(args.keep)
-            workdir.mkdir(parents=True, exist_ok=True)
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sortkd-bench-")))
+        workdir = work_folder(stack, args.keep, "sortkd-bench-")
         if args.concurrency:
             result = run_concurrency(args, sizes, workdir)
             print_concurrency_table(result)

@@ -6,8 +6,10 @@ the data so that its logits stay in a sane range.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,14 @@ class Sizes:
     @property
     def steps_per_epoch(self) -> int:
         return -(-self.num_train // self.batch_size)
+
+
+def work_folder(stack: contextlib.ExitStack, keep: str | None, prefix: str) -> Path:
+    """``keep`` (created) if given, else a temporary folder removed when ``stack`` closes."""
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        return Path(keep)
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
 
 
 def default_sizes(device: str, quick: bool) -> Sizes:
