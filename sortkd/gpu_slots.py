@@ -338,6 +338,8 @@ def hold_job_gpus(devices: str | Sequence[str | int], jobs_per_device: int = 1,
     lease = hold_gpu_slots(devices, jobs_per_device, lock_dir, count, log=log)
     if lease.slots:
         os.environ[SLOT_ENV] = ",".join(map(str, lease.slots))
+    else:  # a value inherited from a parent process names the parent's slots, not this job's
+        os.environ.pop(SLOT_ENV, None)
     how = "kept from the scheduler" if lease.preset else f"slot {','.join(map(str, lease.slots))}"
     log(f"GPU: {ENV_VAR}={lease.cuda_visible_devices} ({how})")
     return lease

@@ -232,7 +232,11 @@ def test_invalid_configuration_is_rejected(no_preset, tmp_path, kwargs, message)
 
 @pytest.fixture
 def no_slot_env(monkeypatch):
-    monkeypatch.delenv(gpu_slots.SLOT_ENV, raising=False)
+    # setenv first, so that monkeypatch records the variable's state before the test and
+    # removes what hold_job_gpus writes: a leftover would reach every later subprocess (the
+    # Slurm workflow tests check that their jobs report no slot).
+    monkeypatch.setenv(gpu_slots.SLOT_ENV, "left over")
+    monkeypatch.delenv(gpu_slots.SLOT_ENV)
     yield
     gpu_slots.release_held_gpu_slots()
 
@@ -247,6 +251,7 @@ def test_a_command_takes_its_slots_records_them_and_says_so(no_preset, no_slot_e
 
 def test_a_command_keeps_the_schedulers_devices(monkeypatch, no_slot_env, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv(gpu_slots.SLOT_ENV, "0,1")  # inherited from a parent that held slots: not ours
     lines = []
     lease = gpu_slots.hold_job_gpus("0", lock_dir=tmp_path / "locks", log=lines.append)
     assert lease.preset and gpu_slots.SLOT_ENV not in os.environ
