@@ -120,4 +120,5 @@ def test_mlkd_sort_trains_one_epoch_through_the_cli(tiny_data, tiny_teacher, tin
     # The run sorted some teacher-wrong samples, and the masks kept some samples.
     assert 0.0 < epoch["mlkd_mask_frac"] <= 1.0
     provenance = json.loads((out / "provenance.json").read_text())
-    assert provenance["teacher_logits_by_view"] == {"weak": "cache", "strong": "online fp32"}
+    assert provenance["teacher_logits_by_view"] == {"weak": "cache", "strong": "online"}
+    assert provenance["precision"]["teacher_forward"] == "fp32"

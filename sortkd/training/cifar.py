@@ -35,9 +35,9 @@ def build_model(spec: RunSpec, num_classes: int) -> torch.nn.Module:
 
 
 class OnlineTeacher:
-    """Runs the teacher (eval mode, no gradients, fp32) on the student's own images."""
+    """Runs the teacher (eval mode, no gradients, fp32) on the student's own images, any view."""
 
-    views = None  # any view the trainer renders
+    kind = "online"
 
     def __init__(self, teacher_dir: Path, arch: str, device: torch.device, memory_format):
         self.model, self.info = load_teacher(teacher_dir, arch, device)
@@ -50,7 +50,8 @@ class OnlineTeacher:
 class CachedTeacher:
     """Gathers each batch's logits by (sample index, view id); never builds the teacher."""
 
-    views = ("weak",)
+    kind = "cache"
+    views = ("weak",)  # the cache holds every crop + flip view, not the random strong ones
 
     def __init__(self, teacher_dir: Path, cache_dir: Path, data_sha256: str, num_train: int,
                  num_classes: int, device: torch.device):
@@ -71,9 +72,11 @@ class TeacherByView:
     def logits(self, batch: Batch, view: str) -> torch.Tensor:
         return self.sources[view].logits(batch, view)
 
+    def kinds(self) -> dict[str, str]:
+        return {view: source.kind for view, source in self.sources.items()}
+
     def describe(self) -> str:
-        return ", ".join(f"{view} {'cache' if isinstance(source, CachedTeacher) else 'online'}"
-                         for view, source in self.sources.items())
+        return ", ".join(f"{view} {kind}" for view, kind in self.kinds().items())
 
 
 def strong_epoch_draws(seed: int, epoch: int, num_samples: int, num_views: int):
@@ -153,8 +156,7 @@ class CifarTrainer(Trainer):
         return "" if self.teacher is None else f", teacher logits: {self.teacher.describe()}"
 
     def provenance_extras(self) -> dict:
-        return {} if self.teacher is None else {"teacher_logits_by_view": {
-            v: "cache" if isinstance(src, CachedTeacher) else "online fp32" for v, src in self.teacher.sources.items()}}
+        return {} if self.teacher is None else {"teacher_logits_by_view": self.teacher.kinds()}
 
     def finish(self, summary: dict) -> None:
         if self.spec.kind != "teacher":
