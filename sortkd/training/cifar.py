@@ -66,8 +66,13 @@ class CachedTeacher:
 class TeacherByView:
     """The teacher's logits of each view from its own source: the cache or the online teacher."""
 
-    def __init__(self, sources: dict, info: dict):
-        self.sources, self.info = sources, info
+    def __init__(self, sources: dict):
+        self.sources = sources
+
+    @property
+    def info(self) -> dict:
+        """teacher.json: every source reads the same teacher."""
+        return next(iter(self.sources.values())).info
 
     def logits(self, batch: Batch, view: str) -> torch.Tensor:
         return self.sources[view].logits(batch, view)
@@ -116,8 +121,7 @@ class CifarTrainer(Trainer):
             # Only the views the cache cannot hold (the random strong view) pay a teacher forward.
             online = OnlineTeacher(Path(spec.teacher_dir), spec.teacher_arch, self.device, self.memory_format)
             sources.update({v: online for v in self.method_views if v not in sources})
-        info = next(iter(sources.values())).info
-        return TeacherByView({v: sources[v] for v in self.method_views}, info)
+        return TeacherByView({v: sources[v] for v in self.method_views})
 
     def train_batches(self, epoch: int):
         spec, data = self.spec, self.data
