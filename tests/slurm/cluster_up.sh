@@ -104,6 +104,11 @@ cpus="$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$nodeline")"
 mem="$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$nodeline")"
 [[ -n "$cpus" && -n "$mem" ]] || die "cannot read CPUs/RealMemory from: $nodeline"
 defmem=$((mem / cpus))
+# One core per logical CPU: on a box whose 2 CPUs are the 2 threads of one core, the hardware
+# line (ThreadsPerCore=2) with CR_Core would give each 1-CPU job the whole core, so Slurm would
+# run one job at a time and the tests of concurrent GPU jobs would see none. slurm.conf sets
+# SlurmdParameters=config_overrides so that slurmd accepts this flat layout.
+nodeline="NodeName=$nodename CPUs=$cpus Boards=1 SocketsPerBoard=1 CoresPerSocket=$cpus ThreadsPerCore=1 RealMemory=$mem"
 
 fill() {
     sed -e "s|@MARKER@|$MARKER|" -e "s|@DIR@|$DIR|g" -e "s|@DEFMEM@|$defmem|g" \
