@@ -1,5 +1,7 @@
 """Shared test set-up: CPU only, one thread per test process, deterministic kernels."""
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
@@ -25,17 +27,36 @@ def _deterministic():
 TINY_CLASSES = 5
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)` once per test run, also under pytest-xdist, where every worker has its
+    own session fixtures: the first worker builds into a folder that all workers share, the
+    others wait on the lock and reuse the result."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder; each worker's basetemp is inside it
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A generated CIFAR-format archive read by the real reader, converted to .npz."""
     from sortkd.cli import main
 
-    root = tmp_path_factory.mktemp("data")
-    out = root / "tiny.npz"
-    assert main(["prepare-data", "--source", "synthetic", "--root", str(root), "--out", str(out),
-                 "--num-classes", str(TINY_CLASSES), "--train-per-class", "24",
-                 "--test-per-class", "8", "--seed", "1"]) == 0
-    return out
+    def build(root):
+        assert main(["prepare-data", "--source", "synthetic", "--root", str(root), "--out", str(root / "tiny.npz"),
+                     "--num-classes", str(TINY_CLASSES), "--train-per-class", "24",
+                     "--test-per-class", "8", "--seed", "1"]) == 0
+
+    return built_once(tmp_path_factory, "data", build) / "tiny.npz"
 
 
 def tiny_spec(data, **overrides):
@@ -54,9 +75,7 @@ def tiny_spec(data, **overrides):
 def tiny_teacher(tiny_data, tmp_path_factory):
     from sortkd.training.cifar import train_run
 
-    out = tmp_path_factory.mktemp("teacher")
-    train_run(tiny_spec(tiny_data, epochs=3), out)
-    return out
+    return built_once(tmp_path_factory, "teacher", lambda out: train_run(tiny_spec(tiny_data, epochs=3), out))
 
 
 @pytest.fixture(scope="session")
@@ -67,13 +86,32 @@ def tiny_caches(tiny_data, tiny_teacher, tmp_path_factory):
     from sortkd.logit_cache import dataset_sha256, export_logits
     from sortkd.teachers import load_teacher
 
-    cpu = torch.device("cpu")
-    teacher, info = load_teacher(tiny_teacher, "resnet8", cpu)
-    data = DeviceCifar(load_arrays(tiny_data), cpu)
-    out = {}
-    for dtype in ("float16", "float32"):
-        d = tmp_path_factory.mktemp(f"cache_{dtype}")
-        export_logits(teacher, info["checkpoint_sha256"], data, dataset_sha256(tiny_data), d,
-                      dtype=dtype, images_per_chunk=7, batch_size=100, log=lambda s: None)
-        out[dtype] = d
-    return out
+    def build(folder):
+        cpu = torch.device("cpu")
+        teacher, info = load_teacher(tiny_teacher, "resnet8", cpu)
+        data = DeviceCifar(load_arrays(tiny_data), cpu)
+        for dtype in ("float16", "float32"):
+            export_logits(teacher, info["checkpoint_sha256"], data, dataset_sha256(tiny_data), folder / dtype,
+                          dtype=dtype, images_per_chunk=7, batch_size=100, log=lambda s: None)
+
+    folder = built_once(tmp_path_factory, "caches", build)
+    return {dtype: folder / dtype for dtype in ("float16", "float32")}
+
+
+# --- parallel runs (pytest-xdist; pyproject's addopts asks for it) ---------------------------
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup`, a test module runs whole on one worker (its module fixtures are
+    built once), and every Slurm test shares one worker: the session's cluster must come up and
+    go down once. Long groups go first so that none of them is left for the end: the Slurm
+    tests (mostly waiting on Slurm, which is why there is one worker more than cores), then the
+    modules with end-to-end (`slow`) tests."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    group = {item: "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::", 1)[0]
+             for item in items}
+    slow = {group[item] for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group[item]))
+    items.sort(key=lambda item: (group[item] != "slurm", group[item] not in slow))

@@ -177,19 +177,9 @@ def test_imagenet_step_keeps_every_tensor_on_the_model_device(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["kd", "mlkd"])  # mlkd: weak view from the cache, strong view online
-def test_cifar_step_with_the_logit_cache_keeps_every_tensor_on_the_model_device(tiny_data, tiny_teacher, tmp_path,
-                                                                               method):
-    from sortkd import logit_cache
-    from sortkd.data.cifar import load_arrays
-    from sortkd.data.views import DeviceCifar
-    from sortkd.teachers import load_teacher
-
-    cpu = torch.device("cpu")
-    teacher, info = load_teacher(tiny_teacher, "resnet8", cpu)
-    logit_cache.export_logits(teacher, info["checkpoint_sha256"], DeviceCifar(load_arrays(tiny_data), cpu),
-                              logit_cache.dataset_sha256(tiny_data), tmp_path / "cache", dtype="float32",
-                              batch_size=1000, log=lambda s: None)
-    spec = demo_student(tiny_data, tiny_teacher, method=method, teacher_logits="cache", cache_dir=str(tmp_path / "cache"),
-                        batch_size=16)
+def test_cifar_step_with_the_logit_cache_keeps_every_tensor_on_the_model_device(tiny_data, tiny_teacher, tiny_caches,
+                                                                               tmp_path, method):
+    spec = demo_student(tiny_data, tiny_teacher, method=method, teacher_logits="cache",
+                        cache_dir=str(tiny_caches["float32"]), batch_size=16)
     trainer = CifarTrainer(spec, tmp_path / "run", device=META)
     assert run_checked_step(trainer, fetch_inside=True) == []

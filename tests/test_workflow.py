@@ -19,6 +19,8 @@ import yaml
 
 from sortkd.losses import METHODS
 
+pytestmark = pytest.mark.slow  # every test here runs Snakemake
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = yaml.safe_load((REPO / "config.demo.yaml").read_text())
 DEMO_METHODS = list(DEMO_CONFIG["methods"])
