@@ -100,18 +100,24 @@ def tiny_caches(tiny_data, tiny_teacher, tmp_path_factory):
 
 # --- parallel runs (pytest-xdist; pyproject's addopts asks for it) ---------------------------
 
+# The two longest groups, about 7 and 5 minutes of a 2-core machine, each start at once on a
+# worker of their own; the third worker takes the other modules in file order, and the first two
+# join it when their group is nearly done. (xdist would otherwise order the groups by their
+# number of tests, which started these two after 2 minutes.)
+LONG_GROUPS = ("slurm", "tests/test_workflow.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under `--dist loadgroup`, a test module runs whole on one worker (its module fixtures are
     built once), and every Slurm test shares one worker: the session's cluster must come up and
-    go down once. Long groups go first so that none of them is left for the end: the Slurm
-    tests (mostly waiting on Slurm, which is why there is one worker more than cores), then the
-    modules with end-to-end (`slow`) tests."""
+    go down once. Used with --no-loadscope-reorder, so the order set here is the order the
+    groups are handed out in."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     group = {item: "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::", 1)[0]
              for item in items}
-    slow = {group[item] for item in items if item.get_closest_marker("slow")}
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group[item]))
-    items.sort(key=lambda item: (group[item] != "slurm", group[item] not in slow))
+    first = {name: rank for rank, name in enumerate(LONG_GROUPS)}
+    items.sort(key=lambda item: first.get(group[item], len(first)))

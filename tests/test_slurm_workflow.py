@@ -6,8 +6,8 @@ they are the two threads of one core, and two fake GPUs (gres on /dev/tty0-1), s
 two GPU jobs at once, each with its own CUDA_VISIBLE_DEVICES; a poller of squeue records which
 jobs ran together. The demo is shrunk with --config as in tests/test_workflow.py
 (generated data of 5 classes x 8 train / 8 test images, 2 epochs) to both demo pairs (one reads
-the teacher logit cache, one runs its teacher online), one method (kd), base and sort, two
-seeds: 13 Slurm jobs. `compute` asks for one GPU
+the teacher logit cache, one runs its teacher online), one method (kd), base and sort, one
+seed: 9 Slurm jobs. `compute` asks for one GPU
 per training/export job, so those jobs request a (fake) GPU from Slurm while they compute on
 the CPU with one thread, exactly like the local reference run.
 
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 RUN_LIMIT_S = 420  # hard limit (SIGKILL) of one Snakemake run
 OUT = "results/demo"
-# config.demo.yaml with one method: `--config methods=...` cannot shrink it (Snakemake merges
+# config.demo.yaml with one method and one seed: `--config methods=...` cannot shrink it (Snakemake merges
 # dicts key by key), so the test writes this copy of it next to the original.
 CONFIG_FILE = "config.slurm-test.yaml"
 SMALL = ["data={source: synthetic, root: results/demo/data, download: false, "
@@ -53,10 +53,10 @@ SMALL = ["data={source: synthetic, root: results/demo/data, download: false, "
          "jobs_per_device: 1, mem_mb: 1000}"]
 PAIRS = {"resnet14-resnet8": "cache", "resnet20-resnet8": "online"}
 TEACHERS = ["resnet14", "resnet20"]
-METHODS, VARIANTS, SEEDS = ["kd"], ["base", "sort"], [0, 1]
-JOBS = {"prepare_data": 1, "teacher_train": 2, "logits_export": 1, "student_train": 8, "report": 1}
+METHODS, VARIANTS, SEEDS = ["kd"], ["base", "sort"], [0]
+JOBS = {"prepare_data": 1, "teacher_train": 2, "logits_export": 1, "student_train": 4, "report": 1}
 # The student cancelled mid-training, with more epochs than the grid so that it can be caught.
-TARGET = "resnet14-resnet8/kd/sort/seed1"
+TARGET = "resnet14-resnet8/kd/sort/seed0"
 LONG_EPOCHS = 40
 LONG = [*SMALL[:1], f"recipe={{epochs: {LONG_EPOCHS}, batch_size: 16, lr: 0.05, lr_milestones: [30]}}",
         *SMALL[2:]]
@@ -74,6 +74,7 @@ def copy_workflow(dst: Path) -> Path:
     shutil.copytree(REPO / "envs", dst / "envs")
     demo = yaml.safe_load((dst / "config.demo.yaml").read_text())
     demo["methods"] = {m: demo["methods"][m] for m in METHODS}
+    demo["seeds"] = SEEDS
     (dst / CONFIG_FILE).write_text(yaml.safe_dump(demo, sort_keys=False))
     return dst
 
