@@ -78,6 +78,9 @@ def tiny_teacher(tiny_data, tmp_path_factory):
     return built_once(tmp_path_factory, "teacher", lambda out: train_run(tiny_spec(tiny_data, epochs=3), out))
 
 
+CACHE_DTYPES = ("float16", "float32")
+
+
 @pytest.fixture(scope="session")
 def tiny_caches(tiny_data, tiny_teacher, tmp_path_factory):
     """The tiny teacher's logit cache in float16 and float32 (small chunks: the chunking runs)."""
@@ -90,12 +93,12 @@ def tiny_caches(tiny_data, tiny_teacher, tmp_path_factory):
         cpu = torch.device("cpu")
         teacher, info = load_teacher(tiny_teacher, "resnet8", cpu)
         data = DeviceCifar(load_arrays(tiny_data), cpu)
-        for dtype in ("float16", "float32"):
+        for dtype in CACHE_DTYPES:
             export_logits(teacher, info["checkpoint_sha256"], data, dataset_sha256(tiny_data), folder / dtype,
                           dtype=dtype, images_per_chunk=7, batch_size=100, log=lambda s: None)
 
     folder = built_once(tmp_path_factory, "caches", build)
-    return {dtype: folder / dtype for dtype in ("float16", "float32")}
+    return {dtype: folder / dtype for dtype in CACHE_DTYPES}
 
 
 # --- parallel runs (pytest-xdist; pyproject's addopts asks for it) ---------------------------

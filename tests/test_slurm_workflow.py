@@ -41,8 +41,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 RUN_LIMIT_S = 420  # hard limit (SIGKILL) of one Snakemake run
 OUT = "results/demo"
-# config.demo.yaml with one method and one seed: `--config methods=...` cannot shrink it (Snakemake merges
-# dicts key by key), so the test writes this copy of it next to the original.
+# config.demo.yaml with one method and one seed: `--config methods=...` cannot shrink it
+# (Snakemake merges dicts key by key), so the test writes this copy of it next to the original.
 CONFIG_FILE = "config.slurm-test.yaml"
 SMALL = ["data={source: synthetic, root: results/demo/data, download: false, "
          "synthetic: {num_classes: 5, train_per_class: 8, test_per_class: 8, seed: 0}}",

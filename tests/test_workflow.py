@@ -30,7 +30,7 @@ DEMO_METHODS = list(DEMO_CONFIG["methods"])
 CACHE_PAIR = "resnet14-resnet8"
 TEST_METHOD_PAIRS = {m: [CACHE_PAIR] for m in DEMO_METHODS if m != "kd"}
 DEMO_PAIRS = list(yaml.safe_load((REPO / DEMO_CONFIG["pairs_table"]).read_text()))
-DEMO_METHOD_PAIRS = {m: len(TEST_METHOD_PAIRS.get(m, DEMO_PAIRS)) for m in DEMO_METHODS}
+PAIRS_PER_METHOD = {m: len(TEST_METHOD_PAIRS.get(m, DEMO_PAIRS)) for m in DEMO_METHODS}
 SMALL = ["data={source: synthetic, root: results/demo/data, download: false, "
          "synthetic: {num_classes: 5, train_per_class: 16, test_per_class: 8, seed: 0}}",
          "recipe={epochs: 2, batch_size: 16, lr: 0.05, lr_milestones: [1]}",
@@ -130,8 +130,8 @@ def test_demo_outputs_exist_and_are_sane(demo):
     out = demo / "results" / "demo"
     runs = pd.read_csv(out / "runs.csv")
     assert "mlkd" in DEMO_METHODS and DEMO_CONFIG["method_pairs"]["mlkd"] == [CACHE_PAIR]  # the two-view method
-    assert DEMO_PAIRS == [CACHE_PAIR, "resnet20-resnet8"] and DEMO_METHOD_PAIRS["kd"] == 2
-    assert len(runs) == sum(DEMO_METHOD_PAIRS.values()) * 2 * 2
+    assert DEMO_PAIRS == [CACHE_PAIR, "resnet20-resnet8"] and PAIRS_PER_METHOD["kd"] == 2
+    assert len(runs) == sum(PAIRS_PER_METHOD.values()) * 2 * 2
     for column in ("dataset", "teacher", "student", "method", "variant", "seed", "best_top1", "best_epoch",
                    "final_top1", "teacher_top1", "epochs", "wall_s"):
         assert column in runs.columns, column
@@ -140,7 +140,7 @@ def test_demo_outputs_exist_and_are_sane(demo):
     assert (runs["epochs"] == 2).all() and (runs["wall_s"] > 0).all()
     for method in DEMO_METHODS:
         for variant in ("base", "sort"):
-            assert len(runs[(runs.method == method) & (runs.variant == variant)]) == 2 * DEMO_METHOD_PAIRS[method]
+            assert len(runs[(runs.method == method) & (runs.variant == variant)]) == 2 * PAIRS_PER_METHOD[method]
     # The cached pair and the online pair both ran.
     summaries = [json.loads(p.read_text()) for p in out.glob("students/*/*/*/*/summary.json")]
     assert {s["teacher_logits"] for s in summaries} == {"cache", "online"}
